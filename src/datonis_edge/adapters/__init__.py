@@ -1,0 +1,16 @@
+"""Southbound adapters, one module per protocol; `REGISTRY` maps a service type to its class."""
+
+from __future__ import annotations
+
+from .base import Adapter, ReadingSink, Rejected, reading
+from .http_listener import HttpListenerAdapter
+from .mqtt_listener import MqttListenerAdapter
+from .simulator import SimulatorAdapter
+
+REGISTRY: dict[str, type[Adapter]] = {
+    "simulator": SimulatorAdapter,
+    "http_listener": HttpListenerAdapter,
+    "mqtt_listener": MqttListenerAdapter,
+}
+
+__all__ = ["REGISTRY", "Adapter", "ReadingSink", "Rejected", "reading"]

@@ -1,0 +1,53 @@
+"""The southbound interface: every adapter turns one protocol into readings, nothing more.
+
+An adapter knows nothing of the outbox, the uplink or retries. It hands what it read to the
+`ReadingSink` it was given and awaits it: when the await returns, the readings are durable
+(so a listener may acknowledge its producer), and when it raises `Rejected`, they were not.
+Adding a protocol is one module with one `Adapter` subclass and one line in `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from ..status import PartStatus
+
+# A reading is what one thing reported at one instant, in the Datonis event form so that a
+# listener receiving Datonis events passes them on without conversion:
+#     {"thing_key": str, "timestamp": epoch ms, "data": {tag or metric: value}}
+# `things.py` maps tags to metrics (scale, offset, diff) for things that are configured.
+Reading = dict[str, Any]
+
+
+def reading(thing_key: str, timestamp: int, values: dict[str, Any]) -> Reading:
+    return {"thing_key": thing_key, "timestamp": timestamp, "data": values}
+
+
+class Rejected(Exception):
+    """The readings were not stored (outbox full, gateway stopping); `reason` says why."""
+
+    def __init__(self, reason: str, retryable: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+ReadingSink = Callable[[list[Reading]], Awaitable[int]]
+
+
+class Adapter(ABC):
+    type: ClassVar[str]
+
+    def __init__(self, config: Any, sink: ReadingSink) -> None:
+        self.config = config
+        self.sink = sink
+        self.status = PartStatus(name=config.name, type=config.type)
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Read until cancelled. Errors of the device are reported in status and retried."""
+
+    async def ready(self) -> None:  # noqa: B027 - optional hook
+        """Return once the adapter accepts input (listeners: bound). Default: at once."""

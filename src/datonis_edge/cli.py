@@ -1,0 +1,354 @@
+"""The `datonis-edge` command: run, demo, status, config, declined, platform-sim."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    help="datonis-edge: industrial IoT edge gateway with store-and-forward and failover.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+declined_app = typer.Typer(
+    help="Batches the platform refused: list, replay, purge.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+app.add_typer(declined_app, name="declined")
+
+EXIT_CONFIG = 2
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--datadirpath",
+        envvar="DATONIS_EDGE_DATADIRPATH",
+        help="The data directory (shared between master and standbys).",
+        file_okay=False,
+    ),
+]
+
+
+def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+
+
+def _check_datadir(datadir: Path) -> None:
+    try:
+        datadir.mkdir(parents=True, exist_ok=True)
+        probe = datadir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise fail(
+            f"the data directory {datadir} is not writable ({exc.strerror}); "
+            "create it and give the gateway's user write access"
+        ) from None
+
+
+def _import_config(datadir: Path, source: Path | None) -> Config:
+    """Validate `source` and copy it to <datadir>/config/edge.yaml; load what is there."""
+    target = datadir / "config" / "edge.yaml"
+    try:
+        if source is not None:
+            config = load_config(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            text = source.read_bytes()
+            if not target.exists() or target.read_bytes() != text:
+                from .store.declined import write_durably
+
+                if target.exists():
+                    write_durably(target.with_suffix(".yaml.bak"), target.read_bytes())
+                write_durably(target, text)
+            return config
+        if not target.exists():
+            raise fail(
+                f"no configuration in {target}; start once with --config FILE to import one "
+                "(see docs/configuration.md)"
+            )
+        return load_config(target)
+    except ConfigError as exc:
+        for line in exc.problems:
+            typer.echo(line, err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+@app.command()
+def run(
+    datadirpath: DataDir,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Import this config into DIR/config/edge.yaml.")
+    ] = None,
+    http_port: Annotated[
+        int, typer.Option("--http-port", envvar="DATONIS_EDGE_HTTP_PORT", help="Console/API port.")
+    ] = 8080,
+    http_host: Annotated[
+        str, typer.Option("--http-host", envvar="DATONIS_EDGE_HTTP_HOST")
+    ] = "0.0.0.0",
+    instance_id: Annotated[
+        str | None, typer.Option("--instance-id", envvar="DATONIS_EDGE_INSTANCE_ID")
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="DATONIS_EDGE_LOG_LEVEL")
+    ] = "info",
+) -> None:
+    """Run the gateway service: master if it takes the data-directory lock, else standby."""
+    setup_logging(log_level)
+    _check_datadir(datadirpath)
+    cfg = _import_config(datadirpath, config)
+    from .runner import run_instance
+    from .serving import PortError
+
+    try:
+        code = _run_loop(run_instance(datadirpath, cfg, http_port, http_host, instance_id))
+    except PortError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    http_port: Annotated[int, typer.Option("--http-port", envvar="DATONIS_EDGE_HTTP_PORT")] = 8080,
+    sim_port: Annotated[
+        int, typer.Option("--platform-port", help="Platform simulator port.")
+    ] = 8090,
+    listener_port: Annotated[
+        int, typer.Option("--listener-port", help="http_listener port.")
+    ] = 8081,
+    datadirpath: Annotated[Path | None, typer.Option("--datadirpath")] = None,
+) -> None:
+    """A simulated machine, the gateway and the local Datonis platform simulator, in one command."""
+    setup_logging("info")
+    from .runner import run_demo
+    from .serving import PortError
+
+    try:
+        _run_loop(run_demo(http_port, sim_port, listener_port, datadirpath))
+    except PortError as exc:
+        raise fail(f"{exc} (the demo's ports are changeable: see --help)") from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def status(datadirpath: DataDir) -> None:
+    """Who is master of DIR, since when, the epoch, the standbys, the outbox depth."""
+    from .ha.state import HaFiles
+
+    if not (datadirpath / "ha").is_dir():
+        raise fail(f"{datadirpath} is not a datonis-edge data directory (no ha/ folder)", 1)
+    ha = HaFiles(datadirpath)
+    master = ha.read_master()
+    typer.echo(f"data directory: {datadirpath}")
+    typer.echo(f"epoch:          {ha.read_epoch()}")
+    if master:
+        age = (time.time() * 1000 - master.get("heartbeat_ms", 0)) / 1000
+        typer.echo(
+            f"master:         {master.get('instance_id')} on {master.get('host')} pid {master.get('pid')}, "
+            f"since {_when(master.get('since_ms'))}, last heartbeat {age:.1f} s ago"
+        )
+        typer.echo(f"console:        {master.get('console_url')}")
+    else:
+        typer.echo("master:         none has run yet")
+    now = time.time() * 1000
+    for sb in ha.read_standbys():
+        age = (now - sb.get("heartbeat_ms", 0)) / 1000
+        if age < 30:
+            typer.echo(
+                f"standby:        {sb.get('instance_id')} on {sb.get('host')} (heartbeat {age:.1f} s ago)"
+            )
+    typer.echo(f"declined:       {_declined_store(datadirpath).count()} batches")
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "?"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@config_app.command("validate")
+def config_validate(
+    file: Annotated[Path, typer.Argument(help="The config file to check.")],
+) -> None:
+    """Exit 0 if FILE is a valid configuration, else one line per problem and exit 2."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        for line in exc.problems:
+            typer.echo(line, err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    typer.echo(f"{file}: valid ({len(cfg.services)} services, {len(cfg.thing_keys())} things)")
+
+
+def _declined_store(datadir: Path):  # type: ignore[no-untyped-def]
+    from .store.declined import DeclinedStore
+
+    return DeclinedStore(datadir / "declined")
+
+
+@declined_app.command("list")
+def declined_list(
+    datadirpath: DataDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List declined batches with their status and reason."""
+    items = _declined_store(datadirpath).list()
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps([i.summary() for i in items], option=orjson.OPT_INDENT_2).decode())
+        return
+    if not items:
+        typer.echo("no declined batches")
+        return
+    typer.echo(f"{'ID':40} {'STATUS':6} {'EVENTS':>6}  {'DECLINED AT':23}  REASON")
+    for i in items:
+        mark = " (replay requested)" if i.replay_requested else ""
+        typer.echo(
+            f"{i.id:40} {i.status!s:6} {i.count:>6}  {_when(i.declined_at_ms):23}  {i.reason}{mark}"
+        )
+
+
+@declined_app.command("replay")
+def declined_replay(
+    datadirpath: DataDir,
+    ids: Annotated[list[str] | None, typer.Argument(help="IDs to replay; none: all.")] = None,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the master.")] = 10.0,
+) -> None:
+    """Put declined batches back into the outbox (after the keys or the data were fixed)."""
+    from .ha.lock import DataDirLock
+    from .ha.state import HaFiles
+    from .store.outbox import Outbox
+
+    store = _declined_store(datadirpath)
+    items = store.find(ids)
+    if not items:
+        raise fail(
+            "nothing to replay" + (f": no declined batch named {', '.join(ids)}" if ids else ""), 1
+        )
+    for item in items:
+        store.request_replay(item)
+    total = sum(i.count for i in items)
+    ha = HaFiles(datadirpath)
+    lock = DataDirLock(ha.lock_path)
+    try:
+        if lock.try_acquire():  # no gateway runs: move them into the outbox ourselves
+            outbox = Outbox(datadirpath / "outbox")
+            outbox.open()
+            try:
+                for item in store.replay_requests():
+                    outbox.append_sync(item.events or [])
+                    store.remove(item)
+            finally:
+                outbox.close()
+            typer.echo(
+                f"{len(items)} batches ({total} events) are back in the outbox; they go out when the gateway starts"
+            )
+            return
+    finally:
+        lock.close()
+    master = ha.read_master() or {}
+    typer.echo(
+        f"{len(items)} batches ({total} events) marked for replay; master {master.get('instance_id', '?')} picks them up"
+    )
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not store.replay_requests():
+            typer.echo("the master has put them back into the outbox")
+            return
+        time.sleep(0.2)
+    typer.echo(
+        "the master has not picked them up yet; they stay marked and go out when a master runs"
+    )
+
+
+@declined_app.command("purge")
+def declined_purge(
+    datadirpath: DataDir,
+    ids: Annotated[list[str] | None, typer.Argument(help="IDs to delete; none: all.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete declined batches for good (asks first)."""
+    store = _declined_store(datadirpath)
+    items = store.find(ids)
+    if not items:
+        typer.echo("no declined batches to purge")
+        return
+    total = sum(i.count for i in items)
+    if not yes and not typer.confirm(
+        f"delete {len(items)} declined batches ({total} events) for good?"
+    ):
+        raise fail("nothing deleted", 1)
+    for item in items:
+        store.remove(item)
+    typer.echo(f"deleted {len(items)} declined batches ({total} events)")
+
+
+@app.command("platform-sim")
+def platform_sim(
+    port: Annotated[int, typer.Option("--port")] = 8090,
+    access_key: Annotated[str, typer.Option("--access-key")] = "demo-access-key",
+    secret_key: Annotated[str, typer.Option("--secret-key")] = "demo-secret-key",
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    no_record: Annotated[
+        bool, typer.Option("--no-record", help="Count events, keep none (benchmarks).")
+    ] = False,
+) -> None:
+    """Run the local stand-in for the Datonis platform API."""
+    setup_logging("warning")
+    from .platform_sim.app import create_app
+    from .serving import PortError, bind_socket, serve_app
+
+    async def main() -> None:
+        sock = bind_socket(host, port, "platform-sim")
+        typer.echo(f"platform simulator on http://{host}:{port} (control API under /sim)")
+        await serve_app(create_app(access_key, secret_key, record=not no_record), sock)
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            _run_loop(main())
+    except PortError as exc:
+        raise fail(str(exc)) from None
+
+
+def _run_loop(coro):  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

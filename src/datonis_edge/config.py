@@ -1,0 +1,341 @@
+"""The configuration file: pydantic models, loading and readable errors.
+
+A bad config is answered with one line per problem, each naming the field path
+(`services[0].things[1].metrics[2].tag: ...`) and what to do; the CLI exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .waveforms import TagError, parse_tag
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` holds one readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hyphen_aliases(cls, data: Any) -> Any:
+        # The Datonis gateway writes keys like `scan-interval-ms`; accept them as aliases.
+        if isinstance(data, dict):
+            return {(k.replace("-", "_") if isinstance(k, str) else k): v for k, v in data.items()}
+        return data
+
+
+class CloudConfig(_Base):
+    protocol: Literal["https", "http", "mqtt"] = "https"
+    endpoint: str = "https://api.datonis.io"
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+    bulk_max_elements: int = Field(25, ge=1, le=10_000)
+    bulk_transmit_interval_ms: int = Field(1000, ge=0, le=3_600_000)
+    heartbeat_interval_ms: int = Field(120_000, ge=0)
+    request_timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    retry_max_backoff_ms: int = Field(60_000, ge=100)
+    # plain MQTT uplink (protocol: mqtt); endpoint is mqtt://host:port
+    topic: str = "datonis-edge/{thing_key}/events"
+    qos: Literal[0, 1] = 1
+    client_id: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _check_protocol(self) -> CloudConfig:
+        url = urlparse(self.endpoint)
+        if self.protocol in ("http", "https"):
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(
+                    f"endpoint '{self.endpoint}' is not an http(s) URL; "
+                    "write it like https://api.datonis.io"
+                )
+            if not self.access_key.get_secret_value() or not self.secret_key.get_secret_value():
+                raise ValueError(
+                    "access_key and secret_key are required for the Datonis platform; "
+                    "copy them from the Datonis console (Settings → License / Access keys)"
+                )
+        else:
+            if url.scheme not in ("mqtt", "tcp") or not url.hostname:
+                raise ValueError(
+                    f"endpoint '{self.endpoint}' is not an MQTT URL; write it like "
+                    "mqtt://broker.example.com:1883"
+                )
+            if "{thing_key}" not in self.topic and not self.topic:
+                raise ValueError("topic is empty; use a template like plant/{thing_key}/events")
+        return self
+
+
+class OutboxConfig(_Base):
+    max_bytes: int = Field(1 << 30, ge=65_536)
+    policy: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+
+
+class MetricConfig(_Base):
+    name: str = Field(min_length=1)
+    tag: str = Field(min_length=1)
+    scale: float | None = None
+    offset: float | None = None
+    diff: bool = False
+    deadband: float = Field(0.0, ge=0)
+
+
+class ThingConfig(_Base):
+    thing_key: str = Field(min_length=1)
+    thing_name: str = ""
+    metrics: list[MetricConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_metrics(self) -> ThingConfig:
+        seen: set[str] = set()
+        for m in self.metrics:
+            if m.name in seen:
+                raise ValueError(f"metric '{m.name}' appears twice; metric names must be unique")
+            seen.add(m.name)
+        return self
+
+
+class _ServiceBase(_Base):
+    name: str = ""
+    enabled: bool = True
+    scan_interval_ms: int = Field(1000, ge=10, le=86_400_000)
+    send_interval_ms: int = Field(0, ge=0)
+    things: list[ThingConfig] = Field(default_factory=list)
+
+
+class SimulatorService(_ServiceBase):
+    type: Literal["simulator"]
+
+    @model_validator(mode="after")
+    def _check_tags(self) -> SimulatorService:
+        for ti, thing in enumerate(self.things):
+            for mi, metric in enumerate(thing.metrics):
+                try:
+                    parse_tag(metric.tag)
+                except TagError as exc:
+                    raise ValueError(f"things[{ti}].metrics[{mi}].tag: {exc}") from None
+        return self
+
+
+class SignatureKey(_Base):
+    access_key: str = Field(min_length=1)
+    secret_key: SecretStr
+
+
+class HttpListenerService(_ServiceBase):
+    type: Literal["http_listener"]
+    host: str = "0.0.0.0"
+    port: int = Field(8081, ge=1, le=65_535)
+    max_body_bytes: int = Field(16 << 20, ge=1024)
+    # When set, every request must carry X-Access-Key and a valid X-Dtn-Signature.
+    keys: list[SignatureKey] = Field(default_factory=list)
+
+
+class MqttListenerService(_ServiceBase):
+    type: Literal["mqtt_listener"]
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65_535)
+    client_id: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    topics: list[str] = Field(default_factory=lambda: ["datonis-edge/+/data"], min_length=1)
+    # Which topic level (0-based) holds the thing_key; None: the payload's "thing_key".
+    thing_key_topic_level: int | None = Field(None, ge=0)
+    qos: Literal[0, 1] = 1
+
+    @field_validator("topics")
+    @classmethod
+    def _topics_valid(cls, topics: list[str]) -> list[str]:
+        for t in topics:
+            if not t or ("#" in t and not t.endswith("#")):
+                raise ValueError(f"'{t}' is not a valid MQTT topic filter ('#' only at the end)")
+        return topics
+
+
+ServiceConfig = Annotated[
+    SimulatorService | HttpListenerService | MqttListenerService, Discriminator("type")
+]
+SERVICE_TYPES = ("simulator", "http_listener", "mqtt_listener")
+
+
+class Config(_Base):
+    cloud: CloudConfig
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    services: list[ServiceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names(self) -> Config:
+        seen: dict[str, int] = {}
+        for i, svc in enumerate(self.services):
+            if not svc.name:
+                svc.name = f"{svc.type}-{i}"
+            if svc.name in seen:
+                raise ValueError(
+                    f"services[{i}].name: '{svc.name}' is already the name of "
+                    f"services[{seen[svc.name]}]; give every service its own name"
+                )
+            seen[svc.name] = i
+        return self
+
+    def thing_keys(self) -> list[str]:
+        return sorted({t.thing_key for s in self.services for t in s.things})
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
+    """Replace ${VAR} in strings, so secrets can live in the environment, not the file."""
+    if isinstance(node, dict):
+        return {
+            k: _expand_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                problems.append(
+                    f"{path}: environment variable {m.group(1)} is not set; set it or write the value"
+                )
+                return ""
+            return os.environ[m.group(1)]
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+_FRIENDLY = {
+    "extra_forbidden": "unknown key; check its spelling (docs/configuration.md lists the keys)",
+    "missing": "required key is missing",
+}
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    parts = list(loc)
+    for i, part in enumerate(parts):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        # drop the discriminator tag pydantic inserts after services[i]
+        if (
+            i >= 2
+            and parts[i - 2] == "services"
+            and isinstance(parts[i - 1], int)
+            and part in SERVICE_TYPES
+        ):
+            continue
+        if part.startswith("function-") or part in ("function-after", "function-before"):
+            continue
+        out += f".{part}" if out else str(part)
+    return out
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        path = _loc_to_path(tuple(err["loc"]))
+        etype = err["type"]
+        if etype in _FRIENDLY:
+            msg = _FRIENDLY[etype]
+        elif etype == "union_tag_invalid":
+            got = (err.get("ctx") or {}).get("tag", "?")
+            msg = f"unknown service type '{got}'; use one of {', '.join(SERVICE_TYPES)}"
+        elif etype == "union_tag_not_found":
+            msg = f"service has no 'type'; use one of {', '.join(SERVICE_TYPES)}"
+        else:
+            msg = err["msg"]
+            msg = msg.removeprefix("Value error, ")
+            if (
+                "input" in err
+                and etype not in ("value_error",)
+                and not isinstance(err["input"], dict | list)
+            ):
+                msg += f" (got {err['input']!r})"
+        # a model validator may name a deeper path in its message: "things[0].metrics[1].tag: ..."
+        m = re.match(r"^((?:[a-z_]+(?:\[\d+\])*\.?)+): (.*)$", msg)
+        if m and ("[" in m.group(1) or "." in m.group(1)):
+            sub, msg = m.group(1), m.group(2)
+            if sub.startswith("services["):
+                path = sub
+            else:
+                path = f"{path}.{sub}" if path else sub
+        lines.append(f"{path or '<top>'}: {msg}")
+    return lines
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    if data is None:
+        raise ConfigError([f"{source}: the file is empty; it needs at least a 'cloud' section"])
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [f"{source}: the top level must be a mapping with keys cloud, outbox, services"]
+        )
+    problems: list[str] = []
+    data = _expand_env(data, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: no such file; pass the path of your edge.yaml"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read it ({exc.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8 text; save it as UTF-8"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{p}: YAML syntax error at {where}: {problem}"]) from None
+    return parse_config(data, str(p))
+
+
+def dump_config_yaml(config: Config) -> str:
+    """The config as YAML with secrets written out (for the data directory copy only)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, SecretStr):
+            return v.get_secret_value()
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    return yaml.safe_dump(plain(config.model_dump()), sort_keys=False)

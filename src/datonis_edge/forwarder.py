@@ -1,0 +1,178 @@
+"""The forwarder: reads the outbox in batches, hands each to the uplink, applies the outcome.
+
+DESIGN.md's outcome table lives here and nowhere else:
+
+    DELIVERED → ack (removed from the outbox)
+    DECLINED  → written to declined/ with status, reason and body, then ack; alert raised.
+                A 401 also backs the uplink off (the keys are probably wrong) and the next
+                batch is the probe: the moment the platform accepts again, batches flow.
+    RETRY     → the same batch again after Retry-After, or exponential backoff with jitter.
+
+One batch is in flight at a time, so events leave in the order they were accepted (per thing
+and overall), and a batch keeps its id across retries so the platform can spot a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+from .config import CloudConfig
+from .model import Batch, Outcome, OutcomeKind
+from .status import Alerts, PartStatus
+from .store.declined import DeclinedStore
+from .store.outbox import Cursor, Outbox
+from .uplinks.base import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Exponential backoff with full jitter, capped."""
+
+    def __init__(self, first_s: float, cap_s: float) -> None:
+        self.first = first_s
+        self.cap = cap_s
+        self.attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.first * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Forwarder:
+    def __init__(
+        self,
+        outbox: Outbox,
+        declined: DeclinedStore,
+        uplink: Uplink,
+        cloud: CloudConfig,
+        epoch: int,
+        alerts: Alerts,
+    ) -> None:
+        self.outbox = outbox
+        self.declined = declined
+        self.uplink = uplink
+        self.cloud = cloud
+        self.epoch = epoch
+        self.alerts = alerts
+        self.status = PartStatus(name="forwarder", type="forwarder")
+        cap = cloud.retry_max_backoff_ms / 1000
+        self.retry_backoff = Backoff(0.5, cap)
+        self.keys_backoff = Backoff(1.0, cap)
+        self.keys_suspect = False
+        self.batches = 0
+        self._last_send = 0.0
+        self._stopping = False
+
+    def stop_soon(self) -> None:
+        """Finish the batch in flight, then stop (used on a clean hand-over)."""
+        self._stopping = True
+
+    async def run(self) -> None:
+        cursor: Cursor = await self.outbox.head()
+        self.status.state = "running"
+        while not self._stopping:
+            events, after, nbytes = await self._next_events(cursor)
+            if not events:
+                continue
+            batch = Batch(
+                batch_id=f"{cursor[0]}.{cursor[1]}+{len(events)}",
+                epoch=self.epoch,
+                events=events,
+                cursor=after,
+                nbytes=nbytes,
+            )
+            await self._deliver(batch)
+            cursor = after
+
+    async def _next_events(self, cursor: Cursor) -> tuple[list[Any], Cursor, int]:
+        """Up to bulk_max_elements events; waits for a full batch up to the transmit interval."""
+        size = self.cloud.bulk_max_elements
+        changed = self.outbox.changed
+        deadline = self._last_send + self.cloud.bulk_transmit_interval_ms / 1000
+        while True:
+            if changed is not None:
+                changed.clear()
+            events, after, nbytes = await self.outbox.read(cursor, size)
+            if len(events) >= size or (events and time.monotonic() >= deadline) or self._stopping:
+                return events, after, nbytes
+            timeout = max(0.0, deadline - time.monotonic()) if events else 1.0
+            if changed is None:
+                await asyncio.sleep(min(timeout, 0.05))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+
+    async def _deliver(self, batch: Batch) -> None:
+        self.outbox.hold(batch.cursor)
+        while True:
+            self._last_send = time.monotonic()
+            try:
+                outcome = await self.uplink.send(batch)
+            except Exception as exc:  # an uplink must not raise; if it does, it is a retry
+                log.exception("uplink %s raised", self.uplink.status.name)
+                outcome = Outcome(OutcomeKind.RETRY, None, f"uplink error: {exc}")
+            if outcome.kind is OutcomeKind.DELIVERED:
+                await self.outbox.ack(batch.cursor, len(batch.events), "delivered")
+                self.batches += 1
+                self.retry_backoff.reset()
+                if self.keys_suspect:
+                    self.keys_suspect = False
+                    self.keys_backoff.reset()
+                    self.alerts.raise_(
+                        "info", "the platform accepts the keys again; delivery resumed"
+                    )
+                self.status.ok("running")
+                return
+            if outcome.kind is OutcomeKind.DECLINED:
+                await self._decline(batch, outcome)
+                return
+            delay = (
+                outcome.retry_after_s
+                if outcome.retry_after_s is not None
+                else self.retry_backoff.next()
+            )
+            self.status.error(f"{outcome.reason}; retrying in {delay:.1f} s", "retrying")
+            self.status.count("retries")
+            await asyncio.sleep(delay)
+
+    async def _decline(self, batch: Batch, outcome: Outcome) -> None:
+        item = await asyncio.to_thread(
+            self.declined.decline,
+            batch_id=batch.batch_id,
+            epoch=batch.epoch,
+            events=batch.events,
+            status=outcome.status,
+            reason=outcome.reason,
+            response_body=outcome.body,
+            declined_at_ms=int(time.time() * 1000),
+        )
+        await self.outbox.ack(batch.cursor, len(batch.events), "declined")
+        self.status.count("declined_batches")
+        hint = (
+            "check access_key and secret_key; replay with `datonis-edge declined replay` once fixed"
+            if outcome.keys_suspect
+            else "the platform refused this batch's content"
+        )
+        self.alerts.raise_(
+            "error",
+            f"batch {batch.batch_id} ({len(batch.events)} events) declined: {outcome.reason}; "
+            f"kept as declined/{item.path.name}; {hint}",
+            thing_key=batch.events[0].get("thing_key") if batch.events else None,
+        )
+        if outcome.keys_suspect:
+            self.keys_suspect = True
+            delay = self.keys_backoff.next()
+            self.status.error(f"{outcome.reason}; next probe in {delay:.1f} s", "backing_off")
+            await asyncio.sleep(delay)
+        else:
+            self.status.error(outcome.reason, "running")

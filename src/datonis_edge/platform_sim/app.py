@@ -1,0 +1,287 @@
+"""The platform simulator: the Datonis event, heartbeat and alert endpoints, with HMAC checks,
+switchable faults and a record of everything it accepted.
+
+Platform API (what the gateway talks to):
+    POST /api/v3/things/event.json      one event or {"events": [...]}
+    POST /api/v3/things/heartbeat.json
+    POST /api/v3/alerts.json
+  every request needs X-Access-Key (a known key) and X-Dtn-Signature = hex HMAC-SHA256 of the
+  body with that key's secret, else 401; malformed events give 422.
+
+Control API (for tests, demos and benchmarks), under /sim:
+    GET  /sim/events?offset=N     accepted events, each with batch_id, epoch, received_ms
+    GET  /sim/stats               counts: events, requests, by status, heartbeats, alerts
+    GET  /sim/alerts              accepted alerts
+    POST /sim/faults              {"status": 429, "retry_after": 1, "count": 3}
+                                  {"delay_ms": 2000, "count": 1}   {"drop": true, "count": 2}
+                                  count -1 = until cleared; several faults queue in order
+    DELETE /sim/faults            clear all faults
+    POST /sim/keys                {"access_key": "...", "secret_key": "..."} (replaces the keys)
+    POST /sim/reset               forget what was recorded
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+@dataclass
+class Fault:
+    status: int | None = None
+    retry_after: float | None = None
+    delay_ms: int = 0
+    drop: bool = False
+    count: int = 1
+    paths: tuple[str, ...] = ("/api/v3/things/event.json",)
+
+
+@dataclass
+class SimState:
+    keys: dict[str, str]
+    record: bool = True
+    events: list[dict[str, Any]] = field(default_factory=list)
+    event_count: int = 0
+    requests: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    heartbeats: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    epochs_seen: list[int] = field(default_factory=list)
+
+
+class _DroppedResponse(Response):
+    """Starts a response and breaks off mid-body: the connection drops, as a flaky network's would."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]}
+        )
+        await send({"type": "http.response.body", "body": b'{"status":', "more_body": False})
+
+
+def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(obj), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _validate_event(ev: Any, where: str) -> str | None:
+    if not isinstance(ev, dict):
+        return f"{where}: must be an object"
+    if not isinstance(ev.get("thing_key"), str) or not ev["thing_key"]:
+        return f"{where}.thing_key: required"
+    if not isinstance(ev.get("data"), dict):
+        return f"{where}.data: required, an object"
+    ts = ev.get("timestamp")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+        return f"{where}.timestamp: must be epoch milliseconds"
+    return None
+
+
+def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlette:
+    state = SimState(keys={access_key: secret_key}, record=record)
+
+    def count(status: int) -> None:
+        state.by_status[str(status)] = state.by_status.get(str(status), 0) + 1
+
+    async def apply_fault(path: str) -> Response | None:
+        if not state.faults:
+            return None
+        fault = state.faults[0]
+        if path not in fault.paths:
+            return None
+        if fault.count > 0:
+            fault.count -= 1
+            if fault.count == 0:
+                state.faults.pop(0)
+        if fault.delay_ms:
+            await asyncio.sleep(fault.delay_ms / 1000)
+        if fault.drop:
+            return _DroppedResponse()
+        if fault.status is not None:
+            headers = (
+                {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+            )
+            count(fault.status)
+            return _json(
+                fault.status, {"status": "error", "reason": f"simulated {fault.status}"}, headers
+            )
+        return None
+
+    async def authenticate(request: Request) -> tuple[bytes, Response | None]:
+        body = await request.body()
+        access = request.headers.get("x-access-key", "")
+        secret = state.keys.get(access)
+        if secret is None:
+            count(401)
+            return body, _json(401, {"status": "error", "reason": "unknown access key"})
+        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get("x-dtn-signature", ""), expected):
+            count(401)
+            return body, _json(401, {"status": "error", "reason": "signature mismatch"})
+        return body, None
+
+    async def event(request: Request) -> Response:
+        state.requests += 1
+        fault = await apply_fault(request.url.path)
+        if fault is not None:
+            return fault
+        body, denied = await authenticate(request)
+        if denied is not None:
+            return denied
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            count(422)
+            return _json(422, {"status": "error", "reason": "body is not JSON"})
+        if isinstance(payload, dict) and "events" in payload:
+            events = payload["events"]
+            if not isinstance(events, list) or not events:
+                count(422)
+                return _json(422, {"status": "error", "reason": "events must be a non-empty list"})
+            bulk = True
+        else:
+            events, bulk = [payload], False
+        for i, ev in enumerate(events):
+            problem = _validate_event(ev, f"events[{i}]" if bulk else "event")
+            if problem:
+                count(422)
+                return _json(422, {"status": "error", "reason": problem})
+        epoch_h = request.headers.get("x-dtn-epoch")
+        epoch = (
+            int(epoch_h)
+            if epoch_h and epoch_h.isdigit()
+            else payload.get("epoch")
+            if bulk
+            else None
+        )
+        batch_id = request.headers.get("x-dtn-batch-id") or (
+            payload.get("batch_id") if bulk else None
+        )
+        now = int(time.time() * 1000)
+        if epoch is not None and (not state.epochs_seen or state.epochs_seen[-1] != epoch):
+            state.epochs_seen.append(epoch)
+        if state.record:
+            for ev in events:
+                state.events.append(
+                    {
+                        "thing_key": ev["thing_key"],
+                        "timestamp": ev.get("timestamp"),
+                        "data": ev["data"],
+                        "batch_id": batch_id,
+                        "epoch": epoch,
+                        "received_ms": now,
+                    }
+                )
+        state.event_count += len(events)
+        count(200)
+        return _json(200, {"status": "ok", "accepted": len(events)})
+
+    async def heartbeat(request: Request) -> Response:
+        fault = await apply_fault(request.url.path)
+        if fault is not None:
+            return fault
+        body, denied = await authenticate(request)
+        if denied is not None:
+            return denied
+        state.heartbeats.append(
+            {"body": orjson.loads(body), "received_ms": int(time.time() * 1000)}
+        )
+        return _json(200, {"status": "ok"})
+
+    async def alert(request: Request) -> Response:
+        fault = await apply_fault(request.url.path)
+        if fault is not None:
+            return fault
+        body, denied = await authenticate(request)
+        if denied is not None:
+            return denied
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _json(422, {"status": "error", "reason": "body is not JSON"})
+        if not isinstance(obj, dict) or not isinstance(obj.get("message"), str):
+            return _json(422, {"status": "error", "reason": "message: required"})
+        state.alerts.append({**obj, "received_ms": int(time.time() * 1000)})
+        return _json(200, {"status": "ok"})
+
+    async def sim_events(request: Request) -> Response:
+        offset = int(request.query_params.get("offset", "0"))
+        limit = int(request.query_params.get("limit", "1000000"))
+        return _json(
+            200, {"total": len(state.events), "events": state.events[offset : offset + limit]}
+        )
+
+    async def sim_stats(_: Request) -> Response:
+        return _json(
+            200,
+            {
+                "events": state.event_count,
+                "requests": state.requests,
+                "by_status": state.by_status,
+                "heartbeats": len(state.heartbeats),
+                "alerts": len(state.alerts),
+                "epochs_seen": state.epochs_seen,
+                "faults_queued": len(state.faults),
+            },
+        )
+
+    async def sim_alerts(_: Request) -> Response:
+        return _json(200, {"alerts": state.alerts})
+
+    async def sim_faults(request: Request) -> Response:
+        if request.method == "DELETE":
+            state.faults.clear()
+            return _json(200, {"faults": 0})
+        spec = await request.json()
+        paths = spec.pop("paths", None)
+        fault = Fault(**spec)
+        if paths:
+            fault.paths = tuple(paths)
+        state.faults.append(fault)
+        return _json(200, {"faults": len(state.faults)})
+
+    async def sim_keys(request: Request) -> Response:
+        spec = await request.json()
+        state.keys = {spec["access_key"]: spec["secret_key"]}
+        return _json(200, {"keys": 1})
+
+    async def sim_reset(_: Request) -> Response:
+        state.events.clear()
+        state.event_count = 0
+        state.requests = 0
+        state.by_status.clear()
+        state.heartbeats.clear()
+        state.alerts.clear()
+        state.epochs_seen.clear()
+        return _json(200, {"status": "ok"})
+
+    app = Starlette(
+        routes=[
+            Route("/api/v3/things/event.json", event, methods=["POST"]),
+            Route("/api/v3/things/heartbeat.json", heartbeat, methods=["POST"]),
+            Route("/api/v3/alerts.json", alert, methods=["POST"]),
+            Route("/sim/events", sim_events),
+            Route("/sim/stats", sim_stats),
+            Route("/sim/alerts", sim_alerts),
+            Route("/sim/faults", sim_faults, methods=["POST", "DELETE"]),
+            Route("/sim/keys", sim_keys, methods=["POST"]),
+            Route("/sim/reset", sim_reset, methods=["POST"]),
+        ]
+    )
+    app.state.sim = state
+    return app

@@ -1,0 +1,111 @@
+"""Putting an instance together: the supervisor plus the console server; and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import tempfile
+from pathlib import Path
+
+from .config import parse_config
+from .console.app import create_app
+from .serving import bind_socket, serve_app
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+async def run_instance(
+    datadir: Path,
+    config,
+    http_port: int,
+    http_host: str = "0.0.0.0",
+    instance_id: str | None = None,
+    on_ready=None,
+) -> int:
+    sock = bind_socket(http_host, http_port, "console (--http-port)")
+    supervisor = Supervisor(datadir, config, http_port, instance_id, console_host=http_host)
+    console = asyncio.create_task(serve_app(create_app(supervisor), sock), name="console")
+    log.info("instance %s: console on http://%s:%d", supervisor.instance_id, http_host, http_port)
+    if on_ready is not None:
+        on_ready(supervisor)
+    try:
+        return await supervisor.run()
+    finally:
+        console.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await console
+
+
+DEMO_CONFIG = """
+cloud:
+  protocol: http
+  endpoint: http://127.0.0.1:{sim_port}
+  access_key: {access_key}
+  secret_key: {secret_key}
+  bulk_max_elements: 25
+  bulk_transmit_interval_ms: 1000
+  heartbeat_interval_ms: 30000
+outbox:
+  max_bytes: 104857600
+  policy: drop_oldest
+services:
+  - name: press-line
+    type: simulator
+    scan_interval_ms: 1000
+    things:
+      - thing_key: press-1
+        thing_name: Press 1
+        metrics:
+          - {{name: temperature, tag: "sine(60, 5, 60s)"}}
+          - {{name: pressure, tag: "random(180, 220)", scale: 0.1}}
+          - {{name: strokes, tag: "counter(0, 1)"}}
+          - {{name: running, tag: "square(0, 1, 30s)", diff: true}}
+  - name: push
+    type: http_listener
+    host: 127.0.0.1
+    port: {listener_port}
+"""
+
+
+async def run_demo(http_port: int, sim_port: int, listener_port: int, datadir: Path | None) -> None:
+    from .platform_sim.app import create_app as create_sim
+
+    access_key, secret_key = "demo-" + secrets.token_hex(4), secrets.token_hex(16)
+    tmp = None
+    if datadir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="datonis-edge-demo-")
+        datadir = Path(tmp.name)
+    text = DEMO_CONFIG.format(
+        sim_port=sim_port, access_key=access_key, secret_key=secret_key, listener_port=listener_port
+    )
+    import yaml
+
+    config = parse_config(yaml.safe_load(text), "demo config")
+    (datadir / "config").mkdir(parents=True, exist_ok=True)
+    (datadir / "config" / "edge.yaml").write_text(text)
+    sim_sock = bind_socket("127.0.0.1", sim_port, "platform simulator (--platform-port)")
+    sim = asyncio.create_task(serve_app(create_sim(access_key, secret_key), sim_sock))
+
+    def announce(sup: Supervisor) -> None:
+        print(
+            "\n  datonis-edge demo is running (Ctrl-C to stop)\n"
+            f"  status page:        http://127.0.0.1:{http_port}/\n"
+            f"  status API:         http://127.0.0.1:{http_port}/api/v1/status\n"
+            f"  platform simulator: http://127.0.0.1:{sim_port}/sim/stats\n"
+            f"  push events:        curl -X POST http://127.0.0.1:{listener_port}/api/v3/things/event.json "
+            '-d \'{"thing_key":"press-1","data":{"temperature":61.5}}\'\n'
+            f"  data directory:     {datadir}\n",
+            flush=True,
+        )
+
+    try:
+        await run_instance(datadir, config, http_port, "127.0.0.1", "demo", on_ready=announce)
+    finally:
+        sim.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sim
+        if tmp is not None:
+            tmp.cleanup()

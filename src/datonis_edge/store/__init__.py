@@ -1,0 +1,1 @@
+"""Durable state of the data directory: the outbox (queue) and the declined batches."""

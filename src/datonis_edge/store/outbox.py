@@ -1,0 +1,476 @@
+"""The outbox: a durable FIFO of events in `<datadir>/outbox/outbox.db`.
+
+States of an event: `append` → committed (fsync'ed, then acknowledged to the producer) →
+`ack` (delivered or declined: removed) or `evict` (cap hit, policy drop_oldest: removed,
+counted). `recover` on open keeps every committed event; SQLite's WAL drops a torn tail.
+
+One SQLite connection, owned by one writer thread, in WAL mode with exclusive locking (no
+shared-memory file, so it is safe on a shared data directory). Every call is queued to that
+thread; it runs everything queued in one transaction and one commit: that is the group
+commit, so N concurrent producers pay for about one fsync, not N.
+
+Rows are *segments*: the events of one append, stored as one JSON array. A position in the
+outbox is (segment id, index inside the segment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+Cursor = tuple[int, int]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    n INTEGER NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0,
+    nbytes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+COUNTERS = ("accepted", "delivered", "declined", "evicted", "rejected")
+
+
+class OutboxFull(Exception):
+    """The outbox is at its cap and the policy (reject_new) or the in-flight batch forbids room."""
+
+
+class OutboxClosed(Exception):
+    pass
+
+
+@dataclass
+class OutboxStats:
+    pending: int
+    segments: int
+    bytes: int
+    max_bytes: int
+    policy: str
+    counters: dict[str, int]
+    commits: int
+    appends: int
+
+
+class _Op:
+    __slots__ = ("done", "error", "fn", "future", "loop", "result")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any] | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done: threading.Event | None = None  # for callers without an event loop
+
+
+def _resolve(ops: list[_Op]) -> None:
+    for op in ops:
+        fut = op.future
+        if fut is None or fut.done():
+            continue
+        if op.error is not None:
+            fut.set_exception(op.error)
+        else:
+            fut.set_result(op.result)
+
+
+class Outbox:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        max_bytes: int = 1 << 30,
+        policy: str = "drop_oldest",
+        on_evict: Callable[[int], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / "outbox.db"
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self.on_evict = on_evict
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._pending = 0
+        self._bytes = 0
+        self._segments = 0
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self._cache: OrderedDict[int, list[Any]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._inflight_seg = 0  # segments at or below this id are being sent; never evicted
+        self._closed = True
+        self.commits = 0
+        self.appends = 0
+        self.changed: asyncio.Event | None = None  # set whenever events were appended
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def open(self) -> None:
+        """Open (creating if needed) and recover. Blocks; call once, from the master only."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._conn = self._connect()
+                self._recover(self._conn)
+            except BaseException as exc:  # reported to open()'s caller
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._loop_ops()
+
+        self._thread = threading.Thread(target=run, name="outbox-writer", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        self._closed = False
+        try:
+            self.changed = asyncio.Event()
+        except RuntimeError:
+            self.changed = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"the outbox needs SQLite WAL mode, the filesystem gave {mode}")
+        conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
+        conn.execute("PRAGMA wal_autocheckpoint=4000")
+        conn.executescript(_SCHEMA)
+        for name in COUNTERS:
+            conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
+        return conn
+
+    def _recover(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute(
+            "SELECT count(*), coalesce(sum(n - acked), 0), coalesce(sum(nbytes), 0) FROM segments"
+        ).fetchone()
+        self._segments, self._pending, self._bytes = int(row[0]), int(row[1]), int(row[2])
+        for name, value in conn.execute("SELECT name, value FROM counters"):
+            self._counters[name] = int(value)
+        log.info(
+            "outbox recovered: %d events pending in %d segments (%d bytes)",
+            self._pending,
+            self._segments,
+            self._bytes,
+        )
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self._thread = None
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _loop_ops(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            ops = [first]
+            while len(ops) < 10_000:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                ops.append(nxt)
+            self._run_group(conn, ops)
+        conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        snapshot = self._snapshot()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                op.result = op.fn(conn)
+            conn.execute("COMMIT")
+            self.commits += 1
+        except BaseException:
+            # One bad op must not fail its neighbours: undo, then run each on its own.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._restore(snapshot)
+            for op in ops:
+                op.result, op.error = None, None
+                snap = self._snapshot()
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    op.result = op.fn(conn)
+                    conn.execute("COMMIT")
+                    self.commits += 1
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    self._restore(snap)
+                    op.error = exc
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
+        for op in ops:
+            if op.done is not None:
+                op.done.set()
+            if op.loop is not None:
+                by_loop.setdefault(op.loop, []).append(op)
+        for loop, group in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, group)
+
+    def _snapshot(self) -> tuple[int, int, int, dict[str, int]]:
+        return self._pending, self._bytes, self._segments, dict(self._counters)
+
+    def _restore(self, snap: tuple[int, int, int, dict[str, int]]) -> None:
+        self._pending, self._bytes, self._segments, self._counters = snap
+
+    def _bump(self, conn: sqlite3.Connection, name: str, by: int) -> None:
+        if by:
+            conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
+            self._counters[name] += by
+
+    # ---------------------------------------------------------------- submitting
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._closed:
+            raise OutboxClosed("the outbox is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Op(fn, fut, loop))
+        return await fut
+
+    def _submit_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """For callers without an event loop (the CLI); waits for the commit."""
+        if self._closed:
+            raise OutboxClosed("the outbox is closed")
+        op = _Op(fn, None, None)
+        op.done = threading.Event()
+        self._queue.put(op)
+        op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    # ---------------------------------------------------------------- append
+
+    async def append(self, events: list[dict[str, Any]]) -> int:
+        """Durably store `events` (in order). Returns once they are committed and fsync'ed."""
+        if not events:
+            return 0
+        payload = orjson.dumps(events)
+        result = await self._submit(self._append_fn(payload, len(events)))
+        if self.changed is not None:
+            self.changed.set()
+        return result
+
+    def append_sync(self, events: list[dict[str, Any]]) -> int:
+        if not events:
+            return 0
+        return self._submit_sync(self._append_fn(orjson.dumps(events), len(events)))
+
+    def _append_fn(self, payload: bytes, n: int) -> Callable[[sqlite3.Connection], int]:
+        nbytes = len(payload)
+
+        def do(conn: sqlite3.Connection) -> int:
+            if nbytes > self.max_bytes:
+                self._bump(conn, "rejected", n)
+                raise OutboxFull(
+                    f"{nbytes} bytes in one request exceed the outbox cap of {self.max_bytes}"
+                )
+            if self._bytes + nbytes > self.max_bytes:
+                self._make_room(conn, nbytes, n)
+            cur = conn.execute(
+                "INSERT INTO segments(n, nbytes, created_ms, payload) VALUES (?, ?, ?, ?)",
+                (n, nbytes, int(time.time() * 1000), payload),
+            )
+            self._pending += n
+            self._bytes += nbytes
+            self._segments += 1
+            self._bump(conn, "accepted", n)
+            self.appends += 1
+            return int(cur.lastrowid or 0)
+
+        return do
+
+    def _make_room(self, conn: sqlite3.Connection, nbytes: int, n: int) -> None:
+        if self.policy == "reject_new":
+            self._bump(conn, "rejected", n)
+            raise OutboxFull(
+                f"the outbox is full ({self._bytes} of {self.max_bytes} bytes) and its policy "
+                "is reject_new; the platform is probably unreachable"
+            )
+        evicted = 0
+        rows = conn.execute(
+            "SELECT id, n, acked, nbytes FROM segments WHERE id > ? ORDER BY id",
+            (self._inflight_seg,),
+        )
+        victims: list[int] = []
+        freed = 0
+        for seg_id, seg_n, acked, seg_bytes in rows:
+            if self._bytes - freed + nbytes <= self.max_bytes:
+                break
+            victims.append(seg_id)
+            freed += seg_bytes
+            evicted += seg_n - acked
+        if self._bytes - freed + nbytes > self.max_bytes:
+            self._bump(conn, "rejected", n)
+            raise OutboxFull("the outbox is full and what it holds is being sent right now")
+        conn.executemany("DELETE FROM segments WHERE id = ?", [(v,) for v in victims])
+        self._forget(victims)
+        self._bytes -= freed
+        self._pending -= evicted
+        self._segments -= len(victims)
+        self._bump(conn, "evicted", evicted)
+        if evicted and self.on_evict is not None:
+            self.on_evict(evicted)
+
+    # ---------------------------------------------------------------- read
+
+    def _forget(self, ids: list[int]) -> None:
+        with self._cache_lock:
+            for i in ids:
+                self._cache.pop(i, None)
+
+    def _events_of(self, seg_id: int, payload: bytes) -> list[Any]:
+        with self._cache_lock:
+            events = self._cache.get(seg_id)
+            if events is None:
+                events = orjson.loads(payload)
+                self._cache[seg_id] = events
+                while len(self._cache) > 256:
+                    self._cache.popitem(last=False)
+            return events
+
+    def _read_fn(
+        self, start: Cursor, max_events: int
+    ) -> Callable[[sqlite3.Connection], tuple[list[Any], Cursor, int]]:
+        def do(conn: sqlite3.Connection) -> tuple[list[Any], Cursor, int]:
+            out: list[Any] = []
+            cursor = start
+            nbytes = 0
+            rows = conn.execute(
+                "SELECT id, n, acked, nbytes, payload FROM segments WHERE id >= ? ORDER BY id LIMIT ?",
+                (start[0], max_events),
+            )
+            for seg_id, n, acked, seg_bytes, payload in rows:
+                begin = max(acked, start[1]) if seg_id == start[0] else acked
+                if begin >= n:
+                    cursor = (seg_id, n)
+                    continue
+                events = self._events_of(seg_id, payload)
+                take = min(n - begin, max_events - len(out))
+                out.extend(events[begin : begin + take])
+                nbytes += seg_bytes * take // n
+                cursor = (seg_id, begin + take)
+                if len(out) >= max_events:
+                    break
+            return out, cursor, nbytes
+
+        return do
+
+    async def read(self, start: Cursor, max_events: int) -> tuple[list[Any], Cursor, int]:
+        """Events from `start` on (at most `max_events`), the cursor after them, approx bytes."""
+        return await self._submit(self._read_fn(start, max_events))
+
+    def read_sync(self, start: Cursor, max_events: int) -> tuple[list[Any], Cursor, int]:
+        return self._submit_sync(self._read_fn(start, max_events))
+
+    def hold(self, cursor: Cursor) -> None:
+        """Mark everything up to `cursor` as in flight: eviction leaves it alone."""
+        self._inflight_seg = cursor[0]
+
+    # ---------------------------------------------------------------- ack
+
+    async def ack(self, upto: Cursor, count: int, outcome: str = "delivered") -> None:
+        """Everything before `upto` has left the outbox: `outcome` is delivered or declined."""
+        await self._submit(self._ack_fn(upto, count, outcome))
+
+    def _ack_fn(
+        self, upto: Cursor, count: int, outcome: str
+    ) -> Callable[[sqlite3.Connection], None]:
+        seg, idx = upto
+
+        def do(conn: sqlite3.Connection) -> None:
+            gone = conn.execute(
+                "SELECT id, n, acked, nbytes FROM segments WHERE id < ? OR (id = ? AND n <= ?)",
+                (seg, seg, idx),
+            ).fetchall()
+            removed = 0
+            if gone:
+                conn.execute(
+                    "DELETE FROM segments WHERE id < ? OR (id = ? AND n <= ?)", (seg, seg, idx)
+                )
+                self._forget([g[0] for g in gone])
+                for _, n, acked, nbytes in gone:
+                    removed += n - acked
+                    self._bytes -= nbytes
+                self._segments -= len(gone)
+            row = conn.execute("SELECT n, acked FROM segments WHERE id = ?", (seg,)).fetchone()
+            if row is not None and idx > row[1]:
+                conn.execute("UPDATE segments SET acked = ? WHERE id = ?", (idx, seg))
+                removed += idx - row[1]
+            self._pending -= removed
+            # count what left the outbox now; evicted-while-in-flight cannot happen (hold())
+            self._bump(conn, outcome, min(count, removed) if removed else 0)
+            self._inflight_seg = 0
+
+        return do
+
+    async def head(self) -> Cursor:
+        def do(conn: sqlite3.Connection) -> Cursor:
+            row = conn.execute("SELECT id, acked FROM segments ORDER BY id LIMIT 1").fetchone()
+            return (int(row[0]), int(row[1])) if row else (0, 0)
+
+        return await self._submit(do)
+
+    # ---------------------------------------------------------------- numbers
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def stats(self) -> OutboxStats:
+        return OutboxStats(
+            pending=self._pending,
+            segments=self._segments,
+            bytes=self._bytes,
+            max_bytes=self.max_bytes,
+            policy=self.policy,
+            counters=dict(self._counters),
+            commits=self.commits,
+            appends=self.appends,
+        )
+
+    def bump_declined_sync(self, count: int) -> None:
+        self._submit_sync(lambda conn: self._bump(conn, "declined", count))

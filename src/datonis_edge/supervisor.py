@@ -1,0 +1,246 @@
+"""The role state machine of one instance: standby ↔ master over the data-directory lock.
+
+standby: poll the lock every `poll_s`; publish ourselves in ha/standby/<id>.json.
+master:  bump the epoch, write ha/master.json, start the pipeline; every heartbeat rewrite
+         master.json and re-read the epoch — if the epoch is not ours, or the data directory
+         stops answering within the stall limit, stop forwarding at once and exit non-zero.
+SIGTERM: stop the pipeline, release the lock, exit 0 (a standby takes over within one poll).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .gateway import Gateway
+from .ha.lock import DataDirLock
+from .ha.state import HaFiles
+from .status import Alerts
+from .store.declined import DeclinedStore
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_LOST_MASTERSHIP = 3
+EXIT_STORAGE_STALLED = 4
+
+
+class Supervisor:
+    def __init__(
+        self,
+        datadir: Path,
+        config: Config,
+        http_port: int,
+        instance_id: str | None = None,
+        poll_s: float = 0.2,
+        heartbeat_s: float = 1.0,
+        stall_limit_s: float = 5.0,
+        console_host: str = "0.0.0.0",
+    ) -> None:
+        self.datadir = datadir
+        self.config = config
+        self.http_port = http_port
+        self.instance_id = instance_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
+        self.stall_limit_s = stall_limit_s
+        self.console_host = console_host
+        self.ha = HaFiles(datadir)
+        self.lock = DataDirLock(self.ha.lock_path)
+        self.alerts = Alerts()
+        self.role = "starting"
+        self.epoch = 0
+        self.since_ms = int(time.time() * 1000)
+        self.gateway: Gateway | None = None
+        self._stop = asyncio.Event()
+        self._heartbeats = 0
+        self.exit_code = EXIT_OK
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def console_url(self) -> str:
+        host = socket.gethostname() if self.console_host in ("0.0.0.0", "::") else self.console_host
+        return f"http://{host}:{self.http_port}"
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "console_url": self.console_url,
+        }
+
+    # ------------------------------------------------------------------ main
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            if await self._wait_for_lock():
+                await self._be_master()
+        finally:
+            await asyncio.to_thread(self.ha.remove_standby, self.instance_id)
+            self.lock.close()
+        return self.exit_code
+
+    async def _wait_for_lock(self) -> bool:
+        self.role = "standby"
+        announced = False
+        last_beat = 0.0
+        while not self._stop.is_set():
+            if self.lock.try_acquire():
+                return True
+            if not announced:
+                master = self.ha.read_master() or {}
+                log.info(
+                    "standby: %s is master (epoch %s); waiting for the lock",
+                    master.get("instance_id", "another instance"),
+                    master.get("epoch", "?"),
+                )
+                announced = True
+            now = time.monotonic()
+            if now - last_beat >= self.heartbeat_s:
+                last_beat = now
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(
+                        self.ha.write_standby,
+                        self.instance_id,
+                        {
+                            **self._identity(),
+                            "since_ms": self.since_ms,
+                            "heartbeat_ms": int(time.time() * 1000),
+                        },
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.poll_s)
+        return False
+
+    async def _be_master(self) -> None:
+        took_at = time.monotonic()
+        previous = self.ha.read_master()
+        self.epoch = await asyncio.to_thread(self.ha.bump_epoch)
+        self.since_ms = int(time.time() * 1000)
+        await asyncio.to_thread(self.ha.remove_standby, self.instance_id)
+        self._write_master(durable=True)
+        self.gateway = Gateway(self.datadir, self.config, self.epoch, self.alerts)
+        await self.gateway.start()
+        self.role = "master"
+        log.info(
+            "master: epoch %d, pipeline started %.0f ms after taking the lock",
+            self.epoch,
+            (time.monotonic() - took_at) * 1000,
+        )
+        if previous and previous.get("instance_id") != self.instance_id:
+            self.alerts.raise_(
+                "warning",
+                f"failover: {self.instance_id} took over as master (epoch {self.epoch}) "
+                f"from {previous.get('instance_id')} (epoch {previous.get('epoch')})",
+            )
+        try:
+            await self._keep_alive()
+        finally:
+            if self.exit_code == EXIT_OK:
+                await self.gateway.stop()
+            self.role = "stopped"
+
+    def _write_master(self, durable: bool = False) -> None:
+        self.ha.write_master(
+            {
+                **self._identity(),
+                "epoch": self.epoch,
+                "since_ms": self.since_ms,
+                "heartbeat": self._heartbeats,
+                "heartbeat_ms": int(time.time() * 1000),
+            },
+            durable=durable,
+        )
+
+    async def _keep_alive(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.heartbeat_s)
+            if self._stop.is_set():
+                return
+            self._heartbeats += 1
+            try:
+                epoch = await asyncio.wait_for(asyncio.to_thread(self._beat), self.stall_limit_s)
+            except TimeoutError:
+                self._lose(
+                    "the data directory did not answer within the stall limit", EXIT_STORAGE_STALLED
+                )
+                return
+            except OSError as exc:
+                self._lose(f"the data directory failed: {exc}", EXIT_STORAGE_STALLED)
+                return
+            if epoch != self.epoch:
+                self._lose(
+                    f"epoch is now {epoch}, ours is {self.epoch}: another master was elected",
+                    EXIT_LOST_MASTERSHIP,
+                )
+                return
+
+    def _beat(self) -> int:
+        self._write_master()
+        return self.ha.read_epoch()
+
+    def _lose(self, why: str, code: int) -> None:
+        log.error("mastership lost: %s; stopping at once", why)
+        assert self.gateway is not None
+        self.gateway.abort()
+        self.exit_code = code
+        self.role = "stopped"
+
+    # ------------------------------------------------------------------ status
+
+    def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {
+            "role": self.role,
+            "instance_id": self.instance_id,
+            "version": __version__,
+            "epoch": self.epoch if self.role == "master" else self.ha.read_epoch(),
+            "since_ms": self.since_ms,
+            "datadir": str(self.datadir),
+            "alerts": self.alerts.snapshot(),
+        }
+        if self.role == "master" and self.gateway is not None:
+            snap.update(self.gateway.snapshot())
+        else:
+            master = self.ha.read_master()
+            snap["master"] = (
+                {
+                    k: master.get(k)
+                    for k in ("instance_id", "host", "pid", "epoch", "console_url", "since_ms")
+                }
+                if master
+                else None
+            )
+            if snap["master"] is not None:
+                snap["master"]["since"] = master.get("since_ms") if master else None
+        return snap
+
+    # ------------------------------------------------------------------ console service
+
+    def declined_list(self) -> list[dict[str, Any]]:
+        return [d.summary() for d in DeclinedStore(self.datadir / "declined").list()]
+
+    async def replay(self, ids: list[str] | None) -> int:
+        if self.gateway is None or self.role != "master":
+            return 0
+        return await self.gateway.replay(ids)

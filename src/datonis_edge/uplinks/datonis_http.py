@@ -1,0 +1,158 @@
+"""The Datonis HTTP uplink: bulk events, heartbeats and alerts, signed with HMAC-SHA256.
+
+Every request carries `X-Access-Key` and `X-Dtn-Signature` (lowercase hex HMAC-SHA256 of the
+exact body bytes with the secret key). The edge also sends `X-Dtn-Epoch` and `X-Dtn-Batch-Id`
+(the platform ignores headers it does not know) so that an audit can prove no two masters
+interleaved and duplicates can be counted.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from ..config import CloudConfig
+from ..model import Batch, Outcome, OutcomeKind
+from .base import Uplink
+
+EVENT_PATH = "/api/v3/things/event.json"
+HEARTBEAT_PATH = "/api/v3/things/heartbeat.json"
+ALERTS_PATH = "/api/v3/alerts.json"
+ALERT_LEVELS = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def outcome_for(status: int, body: str, retry_after: str | None) -> Outcome:
+    """DESIGN.md's outcome table, for an HTTP answer."""
+    if status in (200, 201, 202, 204):
+        return Outcome(OutcomeKind.DELIVERED, status=status)
+    reason = _reason(status, body)
+    if status == 401:
+        return Outcome(OutcomeKind.DECLINED, status, reason, body, keys_suspect=True)
+    if status in (400, 422):
+        return Outcome(OutcomeKind.DECLINED, status, reason, body)
+    if status in (429, 503, 504):
+        return Outcome(
+            OutcomeKind.RETRY,
+            status,
+            reason,
+            body,
+            retry_after_s=parse_retry_after(retry_after) or 60.0,
+        )
+    return Outcome(OutcomeKind.RETRY, status, reason, body)
+
+
+def _reason(status: int, body: str) -> str:
+    try:
+        obj = orjson.loads(body)
+        detail = (
+            obj.get("reason") or obj.get("message") or obj.get("error")
+            if isinstance(obj, dict)
+            else None
+        )
+    except orjson.JSONDecodeError:
+        detail = None
+    phrase = httpx.codes.get_reason_phrase(status) or "HTTP status"
+    return f"{status} {phrase}" + (f": {detail}" if detail else "")
+
+
+class DatonisHttpUplink(Uplink):
+    type = "datonis_http"
+
+    def __init__(self, cloud: CloudConfig) -> None:
+        super().__init__(f"datonis {cloud.endpoint}")
+        self.cloud = cloud
+        self._access = cloud.access_key.get_secret_value()
+        self._secret = cloud.secret_key.get_secret_value().encode()
+        self._client: httpx.AsyncClient | None = None
+        self.status.details["endpoint"] = cloud.endpoint
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=self.cloud.endpoint.rstrip("/"),
+            timeout=self.cloud.request_timeout_ms / 1000,
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
+        )
+        self.status.state = "ready"
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def sign(self, body: bytes) -> str:
+        return hmac.new(self._secret, body, hashlib.sha256).hexdigest()
+
+    async def _post(self, path: str, body: bytes, extra: dict[str, str] | None = None) -> Outcome:
+        assert self._client is not None, "start() the uplink first"
+        headers = {
+            "Content-Type": "application/json",
+            "X-Access-Key": self._access,
+            "X-Dtn-Signature": self.sign(body),
+            **(extra or {}),
+        }
+        try:
+            resp = await self._client.post(path, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return Outcome(
+                OutcomeKind.RETRY, None, f"no answer within {self.cloud.request_timeout_ms} ms"
+            )
+        except httpx.HTTPError as exc:
+            return Outcome(
+                OutcomeKind.RETRY, None, f"connection error: {exc.__class__.__name__}: {exc}"
+            )
+        return outcome_for(resp.status_code, resp.text, resp.headers.get("retry-after"))
+
+    async def send(self, batch: Batch) -> Outcome:
+        body = orjson.dumps(
+            {"events": batch.events, "epoch": batch.epoch, "batch_id": batch.batch_id}
+        )
+        outcome = await self._post(
+            EVENT_PATH, body, {"X-Dtn-Epoch": str(batch.epoch), "X-Dtn-Batch-Id": batch.batch_id}
+        )
+        self._record(outcome)
+        return outcome
+
+    def _record(self, outcome: Outcome) -> None:
+        if outcome.kind is OutcomeKind.DELIVERED:
+            self.status.ok("connected")
+        elif outcome.kind is OutcomeKind.DECLINED:
+            self.status.error(outcome.reason, "declining" if outcome.keys_suspect else "connected")
+        else:
+            self.status.error(outcome.reason, "retrying")
+
+    async def heartbeat(self, thing_keys: list[str]) -> Outcome:
+        body = orjson.dumps({"thing_keys": thing_keys, "timestamp": int(time.time() * 1000)})
+        return await self._post(HEARTBEAT_PATH, body)
+
+    async def alert(
+        self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
+    ) -> Outcome:
+        body = orjson.dumps(
+            {
+                "thing_key": thing_key,
+                "alert_type": ALERT_LEVELS.get(level, 1),
+                "message": message,
+                "timestamp": int(time.time() * 1000),
+                "data": extra or {},
+            }
+        )
+        return await self._post(ALERTS_PATH, body)
