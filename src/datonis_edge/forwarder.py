@@ -19,13 +19,12 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
 
 from .config import CloudConfig
 from .model import Batch, Outcome, OutcomeKind
 from .status import Alerts, PartStatus
 from .store.declined import DeclinedStore
-from .store.outbox import Cursor, Outbox
+from .store.outbox import Cursor, Outbox, ReadResult
 from .uplinks.base import Uplink
 
 log = logging.getLogger(__name__)
@@ -81,20 +80,20 @@ class Forwarder:
         cursor: Cursor = await self.outbox.head()
         self.status.state = "running"
         while not self._stopping:
-            events, after, nbytes = await self._next_events(cursor)
-            if not events:
+            got = await self._next_events(cursor)
+            if not got.events:
                 continue
             batch = Batch(
-                batch_id=f"{cursor[0]}.{cursor[1]}+{len(events)}",
+                batch_id=f"{got.first[0]}.{got.first[1]}+{len(got.events)}",
                 epoch=self.epoch,
-                events=events,
-                cursor=after,
-                nbytes=nbytes,
+                events=got.events,
+                cursor=got.after,
+                nbytes=got.nbytes,
             )
             await self._deliver(batch)
-            cursor = after
+            cursor = got.after
 
-    async def _next_events(self, cursor: Cursor) -> tuple[list[Any], Cursor, int]:
+    async def _next_events(self, cursor: Cursor) -> ReadResult:
         """Up to bulk_max_elements events; waits for a full batch up to the transmit interval."""
         size = self.cloud.bulk_max_elements
         changed = self.outbox.changed
@@ -102,10 +101,11 @@ class Forwarder:
         while True:
             if changed is not None:
                 changed.clear()
-            events, after, nbytes = await self.outbox.read(cursor, size)
-            if len(events) >= size or (events and time.monotonic() >= deadline) or self._stopping:
-                return events, after, nbytes
-            timeout = max(0.0, deadline - time.monotonic()) if events else 1.0
+            got = await self.outbox.read(cursor, size)
+            n = len(got.events)
+            if n >= size or (n and time.monotonic() >= deadline) or self._stopping:
+                return got
+            timeout = max(0.0, deadline - time.monotonic()) if n else 1.0
             if changed is None:
                 await asyncio.sleep(min(timeout, 0.05))
                 continue

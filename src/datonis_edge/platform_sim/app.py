@@ -12,6 +12,7 @@ Control API (for tests, demos and benchmarks), under /sim:
     GET  /sim/events?offset=N     accepted events, each with batch_id, epoch, received_ms
     GET  /sim/stats               counts: events, requests, by status, heartbeats, alerts
     GET  /sim/alerts              accepted alerts
+    GET  /sim/requests            the last 10,000 event requests: time, status, batch id
     POST /sim/faults              {"status": 429, "retry_after": 1, "count": 3}
                                   {"delay_ms": 2000, "count": 1}   {"drop": true, "count": 2}
                                   count -1 = until cleared; several faults queue in order
@@ -58,6 +59,7 @@ class SimState:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     epochs_seen: list[int] = field(default_factory=list)
+    request_log: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _DroppedResponse(Response):
@@ -136,6 +138,18 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
         return body, None
 
     async def event(request: Request) -> Response:
+        response = await _event(request)
+        state.request_log.append(
+            {
+                "ms": int(time.time() * 1000),
+                "status": response.status_code,
+                "batch_id": request.headers.get("x-dtn-batch-id"),
+            }
+        )
+        del state.request_log[:-10_000]
+        return response
+
+    async def _event(request: Request) -> Response:
         state.requests += 1
         fault = await apply_fault(request.url.path)
         if fault is not None:
@@ -240,6 +254,9 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
             },
         )
 
+    async def sim_requests(_: Request) -> Response:
+        return _json(200, {"requests": state.request_log})
+
     async def sim_alerts(_: Request) -> Response:
         return _json(200, {"alerts": state.alerts})
 
@@ -268,6 +285,7 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
         state.heartbeats.clear()
         state.alerts.clear()
         state.epochs_seen.clear()
+        state.request_log.clear()
         return _json(200, {"status": "ok"})
 
     app = Starlette(
@@ -278,6 +296,7 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
             Route("/sim/events", sim_events),
             Route("/sim/stats", sim_stats),
             Route("/sim/alerts", sim_alerts),
+            Route("/sim/requests", sim_requests),
             Route("/sim/faults", sim_faults, methods=["POST", "DELETE"]),
             Route("/sim/keys", sim_keys, methods=["POST"]),
             Route("/sim/reset", sim_reset, methods=["POST"]),

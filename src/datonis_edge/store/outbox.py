@@ -69,6 +69,14 @@ class OutboxStats:
     appends: int
 
 
+@dataclass
+class ReadResult:
+    events: list[Any]
+    first: Cursor  # position of the first event
+    after: Cursor  # position just after the last event
+    nbytes: int
+
+
 class _Op:
     __slots__ = ("done", "error", "fn", "future", "loop", "result")
 
@@ -374,10 +382,11 @@ class Outbox:
 
     def _read_fn(
         self, start: Cursor, max_events: int
-    ) -> Callable[[sqlite3.Connection], tuple[list[Any], Cursor, int]]:
-        def do(conn: sqlite3.Connection) -> tuple[list[Any], Cursor, int]:
+    ) -> Callable[[sqlite3.Connection], ReadResult]:
+        def do(conn: sqlite3.Connection) -> ReadResult:
             out: list[Any] = []
             cursor = start
+            first: Cursor | None = None
             nbytes = 0
             rows = conn.execute(
                 "SELECT id, n, acked, nbytes, payload FROM segments WHERE id >= ? ORDER BY id LIMIT ?",
@@ -389,21 +398,23 @@ class Outbox:
                     cursor = (seg_id, n)
                     continue
                 events = self._events_of(seg_id, payload)
+                if first is None:
+                    first = (seg_id, begin)
                 take = min(n - begin, max_events - len(out))
                 out.extend(events[begin : begin + take])
                 nbytes += seg_bytes * take // n
                 cursor = (seg_id, begin + take)
                 if len(out) >= max_events:
                     break
-            return out, cursor, nbytes
+            return ReadResult(out, first or cursor, cursor, nbytes)
 
         return do
 
-    async def read(self, start: Cursor, max_events: int) -> tuple[list[Any], Cursor, int]:
-        """Events from `start` on (at most `max_events`), the cursor after them, approx bytes."""
+    async def read(self, start: Cursor, max_events: int) -> ReadResult:
+        """Events from `start` on (at most `max_events`), where they begin and end, approx bytes."""
         return await self._submit(self._read_fn(start, max_events))
 
-    def read_sync(self, start: Cursor, max_events: int) -> tuple[list[Any], Cursor, int]:
+    def read_sync(self, start: Cursor, max_events: int) -> ReadResult:
         return self._submit_sync(self._read_fn(start, max_events))
 
     def hold(self, cursor: Cursor) -> None:

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import Gateway, Mosquitto, PlatformSim
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[PlatformSim]:
+    sim = PlatformSim(tmp_path).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    made: list[Gateway] = []
+
+    def make(config: dict[str, Any] | None, datadir: Path | None = None, name: str = "gw") -> Gateway:
+        gw = Gateway(tmp_path, datadir or tmp_path / "data", config, name=f"{name}{len(made)}")
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.close()

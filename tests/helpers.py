@@ -1,0 +1,228 @@
+"""Real processes on free loopback ports: the platform simulator, mosquitto, gateway instances."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+BIN = Path(sys.executable).parent
+EDGE = str(BIN / "datonis-edge")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns a truthy value; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:
+            last_exc = exc
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    def is_open() -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(is_open, timeout, f"port {port} to open")
+
+
+class Proc:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log
+        self.env = env
+        self.p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.p = subprocess.Popen(
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})}
+        )
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.p and self.p.poll() is None:
+            self.p.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.p:
+            self.p.wait(10)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.p is None:
+            return None
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self._log.close()
+        return self.p.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class PlatformSim:
+    def __init__(self, tmp: Path, access_key: str = "test-ak", secret_key: str = "test-sk") -> None:
+        self.port = free_port()
+        self.access_key, self.secret_key = access_key, secret_key
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = Proc(
+            [EDGE, "platform-sim", "--port", str(self.port), "--access-key", access_key, "--secret-key", secret_key],
+            tmp / f"platform-sim-{self.port}.log",
+        )
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def start(self) -> PlatformSim:
+        self.proc.start()
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        self.http.close()
+        self.proc.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return self.http.get("/sim/stats").json()
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.http.get("/sim/events").json()["events"]
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self.http.get("/sim/requests").json()["requests"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return self.http.get("/sim/alerts").json()["alerts"]
+
+    def fault(self, **spec: Any) -> None:
+        self.http.post("/sim/faults", json=spec).raise_for_status()
+
+    def set_keys(self, access_key: str, secret_key: str) -> None:
+        self.http.post("/sim/keys", json={"access_key": access_key, "secret_key": secret_key}).raise_for_status()
+
+
+def mosquitto_binary() -> str:
+    path = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(path):
+        raise RuntimeError("mosquitto is not installed; `make test` installs it with apt-get")
+    return path
+
+
+class Mosquitto:
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        conf = tmp / f"mosquitto-{self.port}.conf"
+        store = tmp / f"mosquitto-{self.port}"
+        store.mkdir()
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {store}/\nmax_queued_messages 100000\n"
+        )
+        self.proc = Proc([mosquitto_binary(), "-c", str(conf)], tmp / f"mosquitto-{self.port}.log")
+
+    def start(self) -> Mosquitto:
+        self.proc.start()
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def base_config(sim: PlatformSim | None, **cloud: Any) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "protocol": "http",
+        "endpoint": sim.url if sim else f"http://127.0.0.1:{free_port()}",
+        "access_key": sim.access_key if sim else "ak",
+        "secret_key": sim.secret_key if sim else "sk",
+        "bulk_max_elements": 25,
+        "bulk_transmit_interval_ms": 50,
+        "request_timeout_ms": 2000,
+        "retry_max_backoff_ms": 1000,
+        "heartbeat_interval_ms": 0,
+    }
+    c.update(cloud)
+    return {"cloud": c, "services": []}
+
+
+class Gateway:
+    """One `datonis-edge run` process on a data directory."""
+
+    def __init__(self, tmp: Path, datadir: Path, config: dict[str, Any] | None, name: str = "gw") -> None:
+        self.tmp = tmp
+        self.datadir = datadir
+        self.http_port = free_port()
+        self.name = name
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = tmp / f"{name}-edge.yaml"
+            self.config_path.write_text(yaml.safe_dump(config))
+        self.proc: Proc | None = None
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=10)
+        self.starts = 0
+
+    def start(self, wait_master: bool = True) -> Gateway:
+        args = [EDGE, "run", "--datadirpath", str(self.datadir), "--http-port", str(self.http_port),
+                "--http-host", "127.0.0.1", "--instance-id", f"{self.name}"]
+        if self.config_path is not None and self.starts == 0:
+            args += ["--config", str(self.config_path)]
+        self.starts += 1
+        self.proc = Proc(args, self.tmp / f"{self.name}.log").start()
+        if wait_master:
+            self.wait_role("master")
+        return self
+
+    def status(self) -> dict[str, Any]:
+        return self.http.get("/api/v1/status").json()
+
+    def wait_role(self, role: str, timeout: float = 20) -> dict[str, Any]:
+        def check() -> Any:
+            assert self.proc and self.proc.p
+            if self.proc.p.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.p.returncode}:\n{self.proc.log()[-3000:]}")
+            st = self.status()
+            return st if st["role"] == role and all(s["state"] not in ("starting", "connecting") for s in st.get("services", [])) else None
+
+        return wait_until(check, timeout, f"{self.name} to be {role}")
+
+    def kill(self) -> None:
+        assert self.proc
+        self.proc.kill()
+
+    def stop(self) -> int | None:
+        return self.proc.stop() if self.proc else None
+
+    def close(self) -> None:
+        self.stop()
+        self.http.close()
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([EDGE, *args], input=input, capture_output=True, text=True, timeout=60)
