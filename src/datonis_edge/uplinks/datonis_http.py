@@ -50,12 +50,9 @@ def outcome_for(status: int, body: str, retry_after: str | None) -> Outcome:
     if status in (400, 422):
         return Outcome(OutcomeKind.DECLINED, status, reason, body)
     if status in (429, 503, 504):
+        wait = parse_retry_after(retry_after)
         return Outcome(
-            OutcomeKind.RETRY,
-            status,
-            reason,
-            body,
-            retry_after_s=parse_retry_after(retry_after) or 60.0,
+            OutcomeKind.RETRY, status, reason, body, retry_after_s=60.0 if wait is None else wait
         )
     return Outcome(OutcomeKind.RETRY, status, reason, body)
 
