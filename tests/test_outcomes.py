@@ -66,6 +66,14 @@ def test_422_declines_only_the_bad_batch(platform, gateway_factory) -> None:
     assert st["declined_batches"] == 1
     assert st["uplinks"][0]["state"] != "declining"  # a bad batch is not a bad key: no backoff
 
+    datadir = str(gw.datadir)
+    kept = gw.cli("declined", "purge", "--datadirpath", datadir, input="n\n")
+    assert kept.returncode == 1 and "nothing deleted" in kept.stderr
+    assert "422" in gw.cli("declined", "list", "--datadirpath", datadir).stdout
+    purged = gw.cli("declined", "purge", "--datadirpath", datadir, input="y\n")
+    assert purged.returncode == 0 and "deleted 1 declined batches (5 events)" in purged.stdout
+    assert gw.cli("declined", "list", "--datadirpath", datadir).stdout.strip() == "no declined batches"
+
 
 def test_429_honours_retry_after(platform, gateway_factory) -> None:
     config, url = _listener_config(platform, bulk_max_elements=5)

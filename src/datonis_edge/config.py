@@ -70,22 +70,23 @@ class CloudConfig(_Base):
         if self.protocol in ("http", "https"):
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ValueError(
-                    f"endpoint '{self.endpoint}' is not an http(s) URL; "
+                    f"endpoint: '{self.endpoint}' is not an http(s) URL; "
                     "write it like https://api.datonis.io"
                 )
-            if not self.access_key.get_secret_value() or not self.secret_key.get_secret_value():
-                raise ValueError(
-                    "access_key and secret_key are required for the Datonis platform; "
-                    "copy them from the Datonis console (Settings → License / Access keys)"
-                )
+            for key in ("access_key", "secret_key"):
+                if not getattr(self, key).get_secret_value():
+                    raise ValueError(
+                        f"{key}: required for the Datonis platform; copy it from the "
+                        "Datonis console (Settings → Access keys) or write ${ENV_VAR}"
+                    )
         else:
             if url.scheme not in ("mqtt", "tcp") or not url.hostname:
                 raise ValueError(
-                    f"endpoint '{self.endpoint}' is not an MQTT URL; write it like "
+                    f"endpoint: '{self.endpoint}' is not an MQTT URL; write it like "
                     "mqtt://broker.example.com:1883"
                 )
             if "{thing_key}" not in self.topic and not self.topic:
-                raise ValueError("topic is empty; use a template like plant/{thing_key}/events")
+                raise ValueError("topic: empty; use a template like plant/{thing_key}/events")
         return self
 
 
@@ -110,11 +111,14 @@ class ThingConfig(_Base):
 
     @model_validator(mode="after")
     def _unique_metrics(self) -> ThingConfig:
-        seen: set[str] = set()
-        for m in self.metrics:
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.metrics):
             if m.name in seen:
-                raise ValueError(f"metric '{m.name}' appears twice; metric names must be unique")
-            seen.add(m.name)
+                raise ValueError(
+                    f"metrics[{i}].name: '{m.name}' is already the name of metrics[{seen[m.name]}]; "
+                    "metric names must be unique within a thing"
+                )
+            seen[m.name] = i
         return self
 
 
@@ -266,8 +270,10 @@ def format_errors(exc: ValidationError) -> list[str]:
         elif etype == "union_tag_invalid":
             got = (err.get("ctx") or {}).get("tag", "?")
             msg = f"unknown service type '{got}'; use one of {', '.join(SERVICE_TYPES)}"
+            path += ".type"
         elif etype == "union_tag_not_found":
-            msg = f"service has no 'type'; use one of {', '.join(SERVICE_TYPES)}"
+            msg = f"required key is missing; use one of {', '.join(SERVICE_TYPES)}"
+            path += ".type"
         else:
             msg = err["msg"]
             msg = msg.removeprefix("Value error, ")
@@ -279,7 +285,7 @@ def format_errors(exc: ValidationError) -> list[str]:
                 msg += f" (got {err['input']!r})"
         # a model validator may name a deeper path in its message: "things[0].metrics[1].tag: ..."
         m = re.match(r"^((?:[a-z_]+(?:\[\d+\])*\.?)+): (.*)$", msg)
-        if m and ("[" in m.group(1) or "." in m.group(1)):
+        if m:
             sub, msg = m.group(1), m.group(2)
             if sub.startswith("services["):
                 path = sub

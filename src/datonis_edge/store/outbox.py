@@ -293,11 +293,14 @@ class Outbox:
     # ---------------------------------------------------------------- append
 
     async def append(self, events: list[dict[str, Any]]) -> int:
-        """Durably store `events` (in order). Returns once they are committed and fsync'ed."""
+        """Durably store `events` (in order). Returns once they are committed and fsync'ed.
+
+        Raises OutboxFull when the cap and the policy leave no room (counted as rejected)."""
         if not events:
             return 0
-        payload = orjson.dumps(events)
-        result = await self._submit(self._append_fn(payload, len(events)))
+        result = await self._submit(self._append_fn(orjson.dumps(events), len(events)))
+        if isinstance(result, OutboxFull):
+            raise result
         if self.changed is not None:
             self.changed.set()
         return result
@@ -305,19 +308,26 @@ class Outbox:
     def append_sync(self, events: list[dict[str, Any]]) -> int:
         if not events:
             return 0
-        return self._submit_sync(self._append_fn(orjson.dumps(events), len(events)))
+        result = self._submit_sync(self._append_fn(orjson.dumps(events), len(events)))
+        if isinstance(result, OutboxFull):
+            raise result
+        return result
 
-    def _append_fn(self, payload: bytes, n: int) -> Callable[[sqlite3.Connection], int]:
+    def _append_fn(
+        self, payload: bytes, n: int
+    ) -> Callable[[sqlite3.Connection], int | OutboxFull]:
         nbytes = len(payload)
 
-        def do(conn: sqlite3.Connection) -> int:
+        def do(conn: sqlite3.Connection) -> int | OutboxFull:
+            # a refusal is returned, not raised, so that its count commits with the group
+            refusal: str | None = None
             if nbytes > self.max_bytes:
+                refusal = f"{nbytes} bytes in one request exceed the outbox cap of {self.max_bytes}; send smaller bulks"
+            elif self._bytes + nbytes > self.max_bytes:
+                refusal = self._make_room(conn, nbytes)
+            if refusal is not None:
                 self._bump(conn, "rejected", n)
-                raise OutboxFull(
-                    f"{nbytes} bytes in one request exceed the outbox cap of {self.max_bytes}"
-                )
-            if self._bytes + nbytes > self.max_bytes:
-                self._make_room(conn, nbytes, n)
+                return OutboxFull(refusal)
             cur = conn.execute(
                 "INSERT INTO segments(n, nbytes, created_ms, payload) VALUES (?, ?, ?, ?)",
                 (n, nbytes, int(time.time() * 1000), payload),
@@ -331,20 +341,19 @@ class Outbox:
 
         return do
 
-    def _make_room(self, conn: sqlite3.Connection, nbytes: int, n: int) -> None:
+    def _make_room(self, conn: sqlite3.Connection, nbytes: int) -> str | None:
+        """Evict the oldest segments (not in flight) until `nbytes` fit; or say why not."""
         if self.policy == "reject_new":
-            self._bump(conn, "rejected", n)
-            raise OutboxFull(
+            return (
                 f"the outbox is full ({self._bytes} of {self.max_bytes} bytes) and its policy "
                 "is reject_new; the platform is probably unreachable"
             )
-        evicted = 0
         rows = conn.execute(
             "SELECT id, n, acked, nbytes FROM segments WHERE id > ? ORDER BY id",
             (self._inflight_seg,),
         )
         victims: list[int] = []
-        freed = 0
+        freed = evicted = 0
         for seg_id, seg_n, acked, seg_bytes in rows:
             if self._bytes - freed + nbytes <= self.max_bytes:
                 break
@@ -352,8 +361,7 @@ class Outbox:
             freed += seg_bytes
             evicted += seg_n - acked
         if self._bytes - freed + nbytes > self.max_bytes:
-            self._bump(conn, "rejected", n)
-            raise OutboxFull("the outbox is full and what it holds is being sent right now")
+            return "the outbox is full and what it holds is being sent right now"
         conn.executemany("DELETE FROM segments WHERE id = ?", [(v,) for v in victims])
         self._forget(victims)
         self._bytes -= freed
@@ -362,6 +370,7 @@ class Outbox:
         self._bump(conn, "evicted", evicted)
         if evicted and self.on_evict is not None:
             self.on_evict(evicted)
+        return None
 
     # ---------------------------------------------------------------- read
 
