@@ -78,7 +78,7 @@ class ReadResult:
 
 
 class _Op:
-    __slots__ = ("done", "error", "fn", "future", "loop", "result")
+    __slots__ = ("append", "done", "error", "fn", "future", "loop", "result")
 
     def __init__(
         self,
@@ -92,6 +92,11 @@ class _Op:
         self.result: Any = None
         self.error: BaseException | None = None
         self.done: threading.Event | None = None  # for callers without an event loop
+        self.append: tuple[bytes, int] | None = None  # (JSON array payload, event count)
+
+
+def _no_fn(conn: sqlite3.Connection) -> None:
+    return None
 
 
 def _resolve(ops: list[_Op]) -> None:
@@ -125,6 +130,7 @@ class Outbox:
         self._bytes = 0
         self._segments = 0
         self._counters = dict.fromkeys(COUNTERS, 0)
+        self._delta: dict[str, int] = {}
         self._cache: OrderedDict[int, list[Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._inflight_seg = 0  # segments at or below this id are being sent; never evicted
@@ -221,12 +227,26 @@ class Outbox:
             self._run_group(conn, ops)
         conn.close()
 
+    def _run_ops(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        """Run ops in order inside the open transaction; consecutive appends become one row."""
+        i = 0
+        while i < len(ops):
+            if ops[i].append is None:
+                ops[i].result = ops[i].fn(conn)
+                i += 1
+                continue
+            j = i
+            while j < len(ops) and ops[j].append is not None:
+                j += 1
+            self._append_run(conn, ops[i:j])
+            i = j
+        self._flush_counters(conn)
+
     def _run_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         snapshot = self._snapshot()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op in ops:
-                op.result = op.fn(conn)
+            self._run_ops(conn, ops)
             conn.execute("COMMIT")
             self.commits += 1
         except BaseException:
@@ -239,7 +259,7 @@ class Outbox:
                 snap = self._snapshot()
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    op.result = op.fn(conn)
+                    self._run_ops(conn, [op])
                     conn.execute("COMMIT")
                     self.commits += 1
                 except BaseException as exc:
@@ -262,11 +282,21 @@ class Outbox:
 
     def _restore(self, snap: tuple[int, int, int, dict[str, int]]) -> None:
         self._pending, self._bytes, self._segments, self._counters = snap
+        self._delta.clear()
 
     def _bump(self, conn: sqlite3.Connection, name: str, by: int) -> None:
+        """Count now; written with the group's commit (one UPDATE per counter per commit)."""
         if by:
-            conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
             self._counters[name] += by
+            self._delta[name] = self._delta.get(name, 0) + by
+
+    def _flush_counters(self, conn: sqlite3.Connection) -> None:
+        if self._delta:
+            conn.executemany(
+                "UPDATE counters SET value = value + ? WHERE name = ?",
+                [(by, name) for name, by in self._delta.items()],
+            )
+            self._delta.clear()
 
     # ---------------------------------------------------------------- submitting
 
@@ -298,7 +328,13 @@ class Outbox:
         Raises OutboxFull when the cap and the policy leave no room (counted as rejected)."""
         if not events:
             return 0
-        result = await self._submit(self._append_fn(orjson.dumps(events), len(events)))
+        if self._closed:
+            raise OutboxClosed("the outbox is closed")
+        loop = asyncio.get_running_loop()
+        op = _Op(_no_fn, loop.create_future(), loop)
+        op.append = (orjson.dumps(events), len(events))
+        self._queue.put(op)
+        result = await op.future  # type: ignore[misc]
         if isinstance(result, OutboxFull):
             raise result
         if self.changed is not None:
@@ -308,38 +344,57 @@ class Outbox:
     def append_sync(self, events: list[dict[str, Any]]) -> int:
         if not events:
             return 0
-        result = self._submit_sync(self._append_fn(orjson.dumps(events), len(events)))
-        if isinstance(result, OutboxFull):
-            raise result
-        return result
+        if self._closed:
+            raise OutboxClosed("the outbox is closed")
+        op = _Op(_no_fn, None, None)
+        op.append = (orjson.dumps(events), len(events))
+        op.done = threading.Event()
+        self._queue.put(op)
+        op.done.wait()
+        if op.error is not None:
+            raise op.error
+        if isinstance(op.result, OutboxFull):
+            raise op.result
+        return op.result
 
-    def _append_fn(
-        self, payload: bytes, n: int
-    ) -> Callable[[sqlite3.Connection], int | OutboxFull]:
-        nbytes = len(payload)
-
-        def do(conn: sqlite3.Connection) -> int | OutboxFull:
-            # a refusal is returned, not raised, so that its count commits with the group
+    def _append_run(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        """Store consecutive appends as one segment; a refusal is a result, not an exception,
+        so that its count commits with the group."""
+        kept: list[_Op] = []
+        adding = 0
+        for op in ops:
+            payload, n = op.append  # type: ignore[misc]
+            nbytes = len(payload)
             refusal: str | None = None
             if nbytes > self.max_bytes:
                 refusal = f"{nbytes} bytes in one request exceed the outbox cap of {self.max_bytes}; send smaller bulks"
-            elif self._bytes + nbytes > self.max_bytes:
-                refusal = self._make_room(conn, nbytes)
+            elif self._bytes + adding + nbytes > self.max_bytes:
+                refusal = self._make_room(conn, adding + nbytes)
             if refusal is not None:
                 self._bump(conn, "rejected", n)
-                return OutboxFull(refusal)
-            cur = conn.execute(
-                "INSERT INTO segments(n, nbytes, created_ms, payload) VALUES (?, ?, ?, ?)",
-                (n, nbytes, int(time.time() * 1000), payload),
-            )
-            self._pending += n
-            self._bytes += nbytes
-            self._segments += 1
-            self._bump(conn, "accepted", n)
-            self.appends += 1
-            return int(cur.lastrowid or 0)
-
-        return do
+                op.result = OutboxFull(refusal)
+                continue
+            kept.append(op)
+            adding += nbytes
+        if not kept:
+            return
+        if len(kept) == 1:
+            payload, n = kept[0].append  # type: ignore[misc]
+        else:  # JSON arrays joined without parsing: "[a,b]" + "[c]" -> "[a,b,c]"
+            payload = b"[" + b",".join(op.append[0][1:-1] for op in kept) + b"]"  # type: ignore[index]
+            n = sum(op.append[1] for op in kept)  # type: ignore[index]
+        cur = conn.execute(
+            "INSERT INTO segments(n, nbytes, created_ms, payload) VALUES (?, ?, ?, ?)",
+            (n, len(payload), int(time.time() * 1000), payload),
+        )
+        seg_id = int(cur.lastrowid or 0)
+        for op in kept:
+            op.result = seg_id
+        self._pending += n
+        self._bytes += len(payload)
+        self._segments += 1
+        self._bump(conn, "accepted", n)
+        self.appends += len(kept)
 
     def _make_room(self, conn: sqlite3.Connection, nbytes: int) -> str | None:
         """Evict the oldest segments (not in flight) until `nbytes` fit; or say why not."""

@@ -1,0 +1,139 @@
+"""Shared pieces of the benchmarks: processes, CPU and RSS readings, wrk runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import EDGE, free_port, wait_port, wait_until  # noqa: E402
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Sim:
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp / f"sim-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Sim:
+        self.proc = subprocess.Popen(
+            [EDGE, "platform-sim", "--port", str(self.port), "--access-key", "ak", "--secret-key", "sk", "--no-record"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port)
+        return self
+
+    def events(self) -> int:
+        return httpx.get(f"{self.url}/sim/stats").json()["events"]
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Edge:
+    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+        self.tmp = tmp
+        self.datadir = tmp / "data"
+        self.port = free_port()
+        cfg = tmp / "edge.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        self.args = [EDGE, "run", "--datadirpath", str(self.datadir), "--config", str(cfg),
+                     "--http-port", str(self.port), "--http-host", "127.0.0.1", "--log-level", "warning"]
+        self.log = open(tmp / "edge.log", "ab")  # noqa: SIM115
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Edge:
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.status()["role"] == "master", 30, "gateway master")
+        return self
+
+    def status(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/api/v1/status", timeout=10).json()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def cloud(endpoint: str, **kw: Any) -> dict[str, Any]:
+    c = {"protocol": "http", "endpoint": endpoint, "access_key": "ak", "secret_key": "sk",
+         "heartbeat_interval_ms": 0, "bulk_transmit_interval_ms": 200, "retry_max_backoff_ms": 500}
+    c.update(kw)
+    return c
+
+
+def wrk_post(url: str, body: bytes, connections: int, seconds: int, threads: int = 1) -> dict[str, float]:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed; `make bench` installs it with apt-get")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(body.decode())}\n"
+            "done = function(summary, latency, requests)\n"
+            '  io.write(string.format("BENCH %d %d %d %d %f\\n", summary.requests, summary.errors.status,'
+            " summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,"
+            " summary.duration, latency:percentile(99)))\nend\n"
+        )
+        script = f.name
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "-s", script, "--timeout", "10s", url],
+        capture_output=True, text=True, timeout=seconds + 60,
+    ).stdout
+    os.unlink(script)
+    m = re.search(r"BENCH (\d+) (\d+) (\d+) (\d+) ([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"wrk said:\n{out}")
+    requests, bad_status, errors, duration_us, p99_us = m.groups()
+    return {
+        "requests": int(requests),
+        "bad_status": int(bad_status),
+        "errors": int(errors),
+        "seconds": int(duration_us) / 1e6,
+        "p99_ms": float(p99_us) / 1000,
+    }
+
+
+def report(name: str, **numbers: Any) -> dict[str, Any]:
+    row = {"bench": name, **numbers}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def timed(fn, *a, **kw):  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    r = fn(*a, **kw)
+    return r, time.perf_counter() - t
