@@ -57,6 +57,8 @@ class CloudConfig(_Base):
     heartbeat_interval_ms: int = Field(120_000, ge=0)
     request_timeout_ms: int = Field(10_000, ge=100, le=600_000)
     retry_max_backoff_ms: int = Field(60_000, ge=100)
+    # batches on the wire at once; 1 keeps strict arrival order at the platform
+    max_inflight_batches: int = Field(4, ge=1, le=64)
     # plain MQTT uplink (protocol: mqtt); endpoint is mqtt://host:port
     topic: str = "datonis-edge/{thing_key}/events"
     qos: Literal[0, 1] = 1

@@ -483,7 +483,7 @@ class Outbox:
 
     def hold(self, cursor: Cursor) -> None:
         """Mark everything up to `cursor` as in flight: eviction leaves it alone."""
-        self._inflight_seg = cursor[0]
+        self._inflight_seg = max(self._inflight_seg, cursor[0])
 
     # ---------------------------------------------------------------- ack
 
@@ -518,7 +518,6 @@ class Outbox:
             self._pending -= removed
             # count what left the outbox now; evicted-while-in-flight cannot happen (hold())
             self._bump(conn, outcome, min(count, removed) if removed else 0)
-            self._inflight_seg = 0
 
         return do
 

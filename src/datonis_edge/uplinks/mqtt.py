@@ -35,6 +35,7 @@ class MqttUplink(Uplink):
         self._lock = threading.Lock()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._early: set[int] = set()
+        self._abandoned: set[int] = set()
         self._connected = asyncio.Event()
         self.status.details["broker"] = f"{self.host}:{self.port}"
 
@@ -83,7 +84,10 @@ class MqttUplink(Uplink):
         with self._lock:
             fut = self._pending.pop(mid, None)
             if fut is None:
-                self._early.add(mid)
+                if mid in self._abandoned:  # a PUBACK after we gave up: that batch is retried
+                    self._abandoned.discard(mid)
+                else:
+                    self._early.add(mid)
                 return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_set_done, fut)
@@ -109,26 +113,32 @@ class MqttUplink(Uplink):
             groups[self.cloud.topic] = batch.events
         assert self._loop is not None
         futures = []
+        mids: list[int] = []
         for topic, events in groups.items():
             payload = orjson.dumps(
                 {"events": events, "epoch": batch.epoch, "batch_id": batch.batch_id}
             )
             fut: asyncio.Future[None] = self._loop.create_future()
+            # never hold our lock while calling paho: its thread holds its own lock while it
+            # calls on_publish, which takes ours
+            info = client.publish(topic, payload, qos=self.cloud.qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return Outcome(OutcomeKind.RETRY, None, f"publish failed: {mqtt.error_string(info.rc)}")
             with self._lock:
-                info = client.publish(topic, payload, qos=self.cloud.qos)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    return Outcome(
-                        OutcomeKind.RETRY, None, f"publish failed: {mqtt.error_string(info.rc)}"
-                    )
                 if self.cloud.qos == 0 or info.mid in self._early:
                     self._early.discard(info.mid)
                     fut.set_result(None)
                 else:
                     self._pending[info.mid] = fut
+                    mids.append(info.mid)
             futures.append(fut)
         try:
             await asyncio.wait_for(asyncio.gather(*futures), self.cloud.request_timeout_ms / 1000)
         except TimeoutError:
+            with self._lock:
+                for mid in mids:
+                    if self._pending.pop(mid, None) is not None:
+                        self._abandoned.add(mid)
             self.status.error("no PUBACK in time", "retrying")
             return Outcome(
                 OutcomeKind.RETRY, None, f"no PUBACK within {self.cloud.request_timeout_ms} ms"
