@@ -43,8 +43,19 @@ class Sim:
 
     def start(self) -> Sim:
         self.proc = subprocess.Popen(
-            [EDGE, "platform-sim", "--port", str(self.port), "--access-key", "ak", "--secret-key", "sk", "--no-record"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                EDGE,
+                "platform-sim",
+                "--port",
+                str(self.port),
+                "--access-key",
+                "ak",
+                "--secret-key",
+                "sk",
+                "--no-record",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_port(self.port)
         return self
@@ -65,8 +76,20 @@ class Edge:
         self.port = free_port()
         cfg = tmp / "edge.yaml"
         cfg.write_text(yaml.safe_dump(config))
-        self.args = [EDGE, "run", "--datadirpath", str(self.datadir), "--config", str(cfg),
-                     "--http-port", str(self.port), "--http-host", "127.0.0.1", "--log-level", "warning"]
+        self.args = [
+            EDGE,
+            "run",
+            "--datadirpath",
+            str(self.datadir),
+            "--config",
+            str(cfg),
+            "--http-port",
+            str(self.port),
+            "--http-host",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+        ]
         self.log = open(tmp / "edge.log", "ab")  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -90,13 +113,22 @@ class Edge:
 
 
 def cloud(endpoint: str, **kw: Any) -> dict[str, Any]:
-    c = {"protocol": "http", "endpoint": endpoint, "access_key": "ak", "secret_key": "sk",
-         "heartbeat_interval_ms": 0, "bulk_transmit_interval_ms": 200, "retry_max_backoff_ms": 500}
+    c = {
+        "protocol": "http",
+        "endpoint": endpoint,
+        "access_key": "ak",
+        "secret_key": "sk",
+        "heartbeat_interval_ms": 0,
+        "bulk_transmit_interval_ms": 200,
+        "retry_max_backoff_ms": 500,
+    }
     c.update(kw)
     return c
 
 
-def wrk_post(url: str, body: bytes, connections: int, seconds: int, threads: int = 1) -> dict[str, float]:
+def wrk_post(
+    url: str, body: bytes, connections: int, seconds: int, threads: int = 1
+) -> dict[str, float]:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed; `make bench` installs it with apt-get")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -110,8 +142,23 @@ def wrk_post(url: str, body: bytes, connections: int, seconds: int, threads: int
         )
         script = f.name
     out = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "-s", script, "--timeout", "10s", url],
-        capture_output=True, text=True, timeout=seconds + 60,
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "-s",
+            script,
+            "--timeout",
+            "10s",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
     ).stdout
     os.unlink(script)
     m = re.search(r"BENCH (\d+) (\d+) (\d+) (\d+) ([\d.]+)", out)

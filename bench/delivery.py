@@ -21,7 +21,14 @@ def fill(datadir: Path, total: int, chunk: int = 500) -> None:
     try:
         for start in range(0, total, chunk):
             outbox.append_sync(
-                [{"thing_key": f"press-{i % 50}", "timestamp": 1_700_000_000_000 + i, "data": {"temperature": 20.5, "pressure": 1013, "seq": i}} for i in range(start, start + chunk)]
+                [
+                    {
+                        "thing_key": f"press-{i % 50}",
+                        "timestamp": 1_700_000_000_000 + i,
+                        "data": {"temperature": 20.5, "pressure": 1013, "seq": i},
+                    }
+                    for i in range(start, start + chunk)
+                ]
             )
     finally:
         outbox.close()
@@ -62,7 +69,12 @@ def to_platform(total: int, bulk: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         sim = Sim(Path(d)).start()
         try:
-            return drain(f"platform-sim bulk {bulk}", total, cloud(sim.url, bulk_max_elements=bulk), sim.events)
+            return drain(
+                f"platform-sim bulk {bulk}",
+                total,
+                cloud(sim.url, bulk_max_elements=bulk),
+                sim.events,
+            )
         finally:
             sim.stop()
 
@@ -75,16 +87,25 @@ def to_mosquitto(total: int, bulk: int) -> dict:
         port = free_port()
         conf = Path(d) / "m.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(port)
         got = [0]
         sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-        sub.on_message = lambda _c, _u, m: got.__setitem__(0, got[0] + m.payload.count(b'"thing_key"'))
+        sub.on_message = lambda _c, _u, m: got.__setitem__(
+            0, got[0] + m.payload.count(b'"thing_key"')
+        )
         sub.connect("127.0.0.1", port)
         sub.subscribe("bench/#", qos=1)
         sub.loop_start()
         try:
-            cfg = cloud(f"mqtt://127.0.0.1:{port}", protocol="mqtt", topic="bench/events", bulk_max_elements=bulk)
+            cfg = cloud(
+                f"mqtt://127.0.0.1:{port}",
+                protocol="mqtt",
+                topic="bench/events",
+                bulk_max_elements=bulk,
+            )
             row = drain(f"mosquitto bulk {bulk}", total, cfg, lambda: got[0])
         finally:
             sub.loop_stop()

@@ -15,7 +15,16 @@ from common import Edge, cloud, cpu_seconds, free_port, peak_rss_mb, report, wrk
 
 def bulk_body(n: int) -> bytes:
     return json.dumps(
-        {"events": [{"thing_key": f"press-{i % 10}", "timestamp": 1_700_000_000_000 + i, "data": {"temperature": 20.5 + i % 7, "pressure": 1013, "running": True}} for i in range(n)]}
+        {
+            "events": [
+                {
+                    "thing_key": f"press-{i % 10}",
+                    "timestamp": 1_700_000_000_000 + i,
+                    "data": {"temperature": 20.5 + i % 7, "pressure": 1013, "running": True},
+                }
+                for i in range(n)
+            ]
+        }
     ).encode()
 
 
@@ -24,11 +33,22 @@ def run(shape: str, connections: int, per_post: int, seconds: int = 10) -> dict:
         tmp = Path(d)
         port = free_port()
         # the platform is unreachable: this measures ingestion alone
-        config = {"cloud": cloud(f"http://127.0.0.1:{free_port()}"), "outbox": {"max_bytes": 8 << 30},
-                  "services": [{"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}]}
+        config = {
+            "cloud": cloud(f"http://127.0.0.1:{free_port()}"),
+            "outbox": {"max_bytes": 8 << 30},
+            "services": [
+                {"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}
+            ],
+        }
         edge = Edge(tmp, config).start()
         url = f"http://127.0.0.1:{port}/api/v3/things/event.json"
-        body = bulk_body(per_post) if per_post > 1 else json.dumps({"thing_key": "press-1", "data": {"temperature": 20.5, "pressure": 1013}}).encode()
+        body = (
+            bulk_body(per_post)
+            if per_post > 1
+            else json.dumps(
+                {"thing_key": "press-1", "data": {"temperature": 20.5, "pressure": 1013}}
+            ).encode()
+        )
         cpu0 = cpu_seconds(edge.pid)
         res = wrk_post(url, body, connections, seconds, threads=2 if connections > 4 else 1)
         cpu = cpu_seconds(edge.pid) - cpu0
@@ -38,7 +58,10 @@ def run(shape: str, connections: int, per_post: int, seconds: int = 10) -> dict:
     accepted = st["counters"]["accepted"]
     ok_requests = res["requests"] - res["bad_status"]
     # wrk stops counting with up to one request per connection still in flight
-    assert ok_requests * per_post <= accepted <= (ok_requests + connections) * per_post, (accepted, ok_requests)
+    assert ok_requests * per_post <= accepted <= (ok_requests + connections) * per_post, (
+        accepted,
+        ok_requests,
+    )
     return report(
         f"ingest {shape}",
         events_per_s=round(accepted / res["seconds"]),

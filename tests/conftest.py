@@ -27,7 +27,9 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     made: list[Gateway] = []
 
-    def make(config: dict[str, Any] | None, datadir: Path | None = None, name: str = "gw") -> Gateway:
+    def make(
+        config: dict[str, Any] | None, datadir: Path | None = None, name: str = "gw"
+    ) -> Gateway:
         gw = Gateway(tmp_path, datadir or tmp_path / "data", config, name=f"{name}{len(made)}")
         made.append(gw)
         return gw

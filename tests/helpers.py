@@ -38,7 +38,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
         except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:
             last_exc = exc
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what}"
+        + (f" (last error: {last_exc})" if last_exc else "")
+    )
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -60,7 +63,10 @@ class Proc:
     def start(self) -> Proc:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})}
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(self.env or {})},
         )
         return self
 
@@ -96,7 +102,16 @@ class PlatformSim:
         self.access_key, self.secret_key = access_key, secret_key
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = Proc(
-            [EDGE, "platform-sim", "--port", str(self.port), "--access-key", access_key, "--secret-key", secret_key],
+            [
+                EDGE,
+                "platform-sim",
+                "--port",
+                str(self.port),
+                "--access-key",
+                access_key,
+                "--secret-key",
+                secret_key,
+            ],
             tmp / f"platform-sim-{self.port}.log",
         )
         self.http = httpx.Client(base_url=self.url, timeout=10)
@@ -126,7 +141,9 @@ class PlatformSim:
         self.http.post("/sim/faults", json=spec).raise_for_status()
 
     def set_keys(self, access_key: str, secret_key: str) -> None:
-        self.http.post("/sim/keys", json={"access_key": access_key, "secret_key": secret_key}).raise_for_status()
+        self.http.post(
+            "/sim/keys", json={"access_key": access_key, "secret_key": secret_key}
+        ).raise_for_status()
 
 
 def mosquitto_binary() -> str:
@@ -176,7 +193,9 @@ def base_config(sim: PlatformSim | None, **cloud: Any) -> dict[str, Any]:
 class Gateway:
     """One `datonis-edge run` process on a data directory."""
 
-    def __init__(self, tmp: Path, datadir: Path, config: dict[str, Any] | None, name: str = "gw") -> None:
+    def __init__(
+        self, tmp: Path, datadir: Path, config: dict[str, Any] | None, name: str = "gw"
+    ) -> None:
         self.tmp = tmp
         self.datadir = datadir
         self.http_port = free_port()
@@ -190,8 +209,18 @@ class Gateway:
         self.starts = 0
 
     def start(self, wait_master: bool = True) -> Gateway:
-        args = [EDGE, "run", "--datadirpath", str(self.datadir), "--http-port", str(self.http_port),
-                "--http-host", "127.0.0.1", "--instance-id", f"{self.name}"]
+        args = [
+            EDGE,
+            "run",
+            "--datadirpath",
+            str(self.datadir),
+            "--http-port",
+            str(self.http_port),
+            "--http-host",
+            "127.0.0.1",
+            "--instance-id",
+            f"{self.name}",
+        ]
         if self.config_path is not None and self.starts == 0:
             args += ["--config", str(self.config_path)]
         self.starts += 1
@@ -207,9 +236,18 @@ class Gateway:
         def check() -> Any:
             assert self.proc and self.proc.p
             if self.proc.p.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.proc.p.returncode}:\n{self.proc.log()[-3000:]}")
+                raise AssertionError(
+                    f"gateway exited with {self.proc.p.returncode}:\n{self.proc.log()[-3000:]}"
+                )
             st = self.status()
-            return st if st["role"] == role and all(s["state"] not in ("starting", "connecting") for s in st.get("services", [])) else None
+            return (
+                st
+                if st["role"] == role
+                and all(
+                    s["state"] not in ("starting", "connecting") for s in st.get("services", [])
+                )
+                else None
+            )
 
         return wait_until(check, timeout, f"{self.name} to be {role}")
 
@@ -225,4 +263,6 @@ class Gateway:
         self.http.close()
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([EDGE, *args], input=input, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [EDGE, *args], input=input, capture_output=True, text=True, timeout=60
+        )

@@ -13,12 +13,21 @@ def test_outbox_cap_applies_its_policy_and_counts_every_point(policy, gateway_fa
     port = free_port()
     config = base_config(None)  # the platform is unreachable: an outage
     config["outbox"] = {"max_bytes": 65_536, "policy": policy}
-    config["services"] = [{"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}]
+    config["services"] = [
+        {"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}
+    ]
     gw = gateway_factory(config).start()
     url = f"http://127.0.0.1:{port}/api/v3/things/event.json"
     answers: dict[int, int] = {}
     for i in range(60):
-        events = [{"thing_key": "m", "timestamp": i * 10 + j, "data": {"seq": i * 10 + j, "pad": "x" * 200}} for j in range(10)]
+        events = [
+            {
+                "thing_key": "m",
+                "timestamp": i * 10 + j,
+                "data": {"seq": i * 10 + j, "pad": "x" * 200},
+            }
+            for j in range(10)
+        ]
         r = httpx.post(url, json={"events": events})
         answers[r.status_code] = answers.get(r.status_code, 0) + 1
         if r.status_code == 503:
@@ -30,7 +39,10 @@ def test_outbox_cap_applies_its_policy_and_counts_every_point(policy, gateway_fa
         assert answers == {200: 60}
         assert c["evicted"] > 0 and c["rejected"] == 0
         assert c["accepted"] == 600 == c["evicted"] + st["outbox"]["pending"]
-        wait_until(lambda: any("evicted" in a["message"] for a in gw.status()["alerts"]), what="eviction alert")
+        wait_until(
+            lambda: any("evicted" in a["message"] for a in gw.status()["alerts"]),
+            what="eviction alert",
+        )
     else:
         assert answers[503] > 0 and answers[200] > 0
         assert c["evicted"] == 0

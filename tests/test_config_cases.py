@@ -18,7 +18,9 @@ CASES = sorted(p for p in (Path(__file__).parent / "config_cases").iterdir() if 
 def test_bad_config_gives_its_error_line_and_exit_2(case: Path) -> None:
     config = case / "edge.yaml"
     expected = (case / "expected.err").read_text().replace("{file}", str(config)).strip()
-    result = CliRunner().invoke(app, ["config", "validate", str(config)], env={"DATONIS_TEST_UNSET_SECRET": None})
+    result = CliRunner().invoke(
+        app, ["config", "validate", str(config)], env={"DATONIS_TEST_UNSET_SECRET": None}
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == expected
     assert "Traceback" not in result.output
@@ -43,15 +45,33 @@ def test_valid_config_passes_and_hyphenated_keys_are_aliases(tmp_path: Path) -> 
 def test_run_with_a_bad_config_exits_2_with_the_error_and_no_traceback(tmp_path: Path) -> None:
     bad = CASES[0] / "edge.yaml"
     proc = subprocess.run(
-        [EDGE, "run", "--datadirpath", str(tmp_path / "d"), "--config", str(bad), "--http-port", "0"],
-        capture_output=True, text=True, timeout=60,
+        [
+            EDGE,
+            "run",
+            "--datadirpath",
+            str(tmp_path / "d"),
+            "--config",
+            str(bad),
+            "--http-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
-    assert (CASES[0] / "expected.err").read_text().replace("{file}", str(bad)).strip() in proc.stderr
+    assert (CASES[0] / "expected.err").read_text().replace(
+        "{file}", str(bad)
+    ).strip() in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_run_without_any_config_says_how_to_import_one(tmp_path: Path) -> None:
-    proc = subprocess.run([EDGE, "run", "--datadirpath", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [EDGE, "run", "--datadirpath", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "--config" in proc.stderr and "Traceback" not in proc.stderr

@@ -15,7 +15,9 @@ from helpers import base_config, free_port, wait_until
 def test_sigkill_at_random_moments_loses_no_acknowledged_reading(platform, gateway_factory) -> None:
     port = free_port()
     config = base_config(platform, bulk_max_elements=50)
-    config["services"] = [{"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}]
+    config["services"] = [
+        {"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}
+    ]
     gw = gateway_factory(config).start()
     url = f"http://127.0.0.1:{port}/api/v3/things/event.json"
 
@@ -32,7 +34,14 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_reading(platform, gatew
                 with lock:
                     seqs = [next(counter) for _ in range(bulk)]
                     attempted += bulk
-                events = [{"thing_key": f"m{s % 4}", "timestamp": 1_700_000_000_000 + s, "data": {"seq": s}} for s in seqs]
+                events = [
+                    {
+                        "thing_key": f"m{s % 4}",
+                        "timestamp": 1_700_000_000_000 + s,
+                        "data": {"seq": s},
+                    }
+                    for s in seqs
+                ]
                 body = {"events": events} if bulk > 1 else events[0]
                 try:
                     r = http.post(url, json=body)
@@ -67,7 +76,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_reading(platform, gatew
     def delivered() -> set[int]:
         return {e["data"]["seq"] for e in platform.events()}
 
-    wait_until(lambda: acked <= delivered(), timeout=60, what="every acknowledged reading at the platform")
+    wait_until(
+        lambda: acked <= delivered(), timeout=60, what="every acknowledged reading at the platform"
+    )
     seqs = [e["data"]["seq"] for e in platform.events()]
     duplicates = len(seqs) - len(set(seqs))
     st = gw.status()

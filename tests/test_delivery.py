@@ -34,7 +34,9 @@ def test_simulator_readings_reach_platform_with_valid_signatures(platform, gatew
         }
     ]
     gw = gateway_factory(config).start()
-    events = wait_until(lambda: (e := platform.events()) and len(e) >= 10 and e, what="10 events at the platform")
+    events = wait_until(
+        lambda: (e := platform.events()) and len(e) >= 10 and e, what="10 events at the platform"
+    )
     assert platform.stats()["by_status"].get("401", 0) == 0  # every request's signature was valid
     strokes = [e["data"]["strokes"] for e in events if e["thing_key"] == "press-1"]
     assert strokes[:10] == list(range(10))  # in order, none missing
@@ -47,8 +49,14 @@ def test_the_signature_is_hmac_sha256_of_the_exact_body(platform) -> None:
     body = json.dumps({"thing_key": "t", "data": {"v": 1}}).encode()
     good = hmac.new(platform.secret_key.encode(), body, hashlib.sha256).hexdigest()
     url = f"{platform.url}/api/v3/things/event.json"
-    ok = httpx.post(url, content=body, headers={"X-Access-Key": platform.access_key, "X-Dtn-Signature": good})
-    bad = httpx.post(url, content=body + b" ", headers={"X-Access-Key": platform.access_key, "X-Dtn-Signature": good})
+    ok = httpx.post(
+        url, content=body, headers={"X-Access-Key": platform.access_key, "X-Dtn-Signature": good}
+    )
+    bad = httpx.post(
+        url,
+        content=body + b" ",
+        headers={"X-Access-Key": platform.access_key, "X-Dtn-Signature": good},
+    )
     assert ok.status_code == 200
     assert bad.status_code == 401
 
@@ -63,18 +71,31 @@ def test_mqtt_listener_readings_reach_platform(platform, mosquitto, gateway_fact
             "port": mosquitto.port,
             "topics": ["plant/+/data"],
             "thing_key_topic_level": 1,
-            "things": [{"thing_key": "oven-7", "metrics": [{"name": "temperature", "tag": "temp", "scale": 0.1}]}],
+            "things": [
+                {
+                    "thing_key": "oven-7",
+                    "metrics": [{"name": "temperature", "tag": "temp", "scale": 0.1}],
+                }
+            ],
         }
     ]
     gw = gateway_factory(config).start()
-    wait_until(lambda: gw.status()["services"][0]["state"] == "connected", what="mqtt_listener connected")
+    wait_until(
+        lambda: gw.status()["services"][0]["state"] == "connected", what="mqtt_listener connected"
+    )
     pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
     pub.connect("127.0.0.1", mosquitto.port)
     pub.loop_start()
     try:
         for i in range(20):
-            pub.publish("plant/oven-7/data", json.dumps({"temp": 1000 + i, "timestamp": 1_700_000_000_000 + i}), qos=1).wait_for_publish(5)
-        pub.publish("plant/mixer-2/data", json.dumps({"data": {"rpm": 1200}}), qos=1).wait_for_publish(5)
+            pub.publish(
+                "plant/oven-7/data",
+                json.dumps({"temp": 1000 + i, "timestamp": 1_700_000_000_000 + i}),
+                qos=1,
+            ).wait_for_publish(5)
+        pub.publish(
+            "plant/mixer-2/data", json.dumps({"data": {"rpm": 1200}}), qos=1
+        ).wait_for_publish(5)
         pub.publish("plant/mixer-2/data", b"not json", qos=1).wait_for_publish(5)
     finally:
         pub.loop_stop()
@@ -83,27 +104,49 @@ def test_mqtt_listener_readings_reach_platform(platform, mosquitto, gateway_fact
     oven = sorted(e["data"]["temperature"] for e in events if e["thing_key"] == "oven-7")
     assert oven == [round((1000 + i) * 0.1, 9) for i in range(20)]
     assert [e["data"] for e in events if e["thing_key"] == "mixer-2"] == [{"rpm": 1200}]
-    svc = wait_until(lambda: (s := gw.status()["services"][0])["counters"].get("malformed") and s, what="malformed counted")
+    svc = wait_until(
+        lambda: (s := gw.status()["services"][0])["counters"].get("malformed") and s,
+        what="malformed counted",
+    )
     assert "not JSON" in svc["last_error"]
     assert platform.stats()["by_status"].get("401", 0) == 0
 
 
-def test_mqtt_uplink_delivers_to_a_broker_on_puback(mosquitto, gateway_factory, tmp_path: Path) -> None:
+def test_mqtt_uplink_delivers_to_a_broker_on_puback(
+    mosquitto, gateway_factory, tmp_path: Path
+) -> None:
     received: list[dict] = []
     sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda _c, _u, msg: received.append({"topic": msg.topic, **json.loads(msg.payload)})
+    sub.on_message = lambda _c, _u, msg: received.append(
+        {"topic": msg.topic, **json.loads(msg.payload)}
+    )
     sub.connect("127.0.0.1", mosquitto.port)
     sub.subscribe("edge/#", qos=1)
     sub.loop_start()
     try:
-        config = base_config(None, protocol="mqtt", endpoint=f"mqtt://127.0.0.1:{mosquitto.port}", topic="edge/{thing_key}/events")
-        config["services"] = [{"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": (lp := _port())}]
+        config = base_config(
+            None,
+            protocol="mqtt",
+            endpoint=f"mqtt://127.0.0.1:{mosquitto.port}",
+            topic="edge/{thing_key}/events",
+        )
+        config["services"] = [
+            {"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": (lp := _port())}
+        ]
         gw = gateway_factory(config).start()
-        events = [{"thing_key": f"t{i % 3}", "timestamp": 1000 + i, "data": {"n": i}} for i in range(30)]
+        events = [
+            {"thing_key": f"t{i % 3}", "timestamp": 1000 + i, "data": {"n": i}} for i in range(30)
+        ]
         r = httpx.post(f"http://127.0.0.1:{lp}/api/v3/things/event.json", json={"events": events})
         assert r.status_code == 200
-        wait_until(lambda: sum(len(m["events"]) for m in received) >= 30, what="30 events at the broker")
-        assert {m["topic"] for m in received} == {"edge/t0/events", "edge/t1/events", "edge/t2/events"}
+        wait_until(
+            lambda: sum(len(m["events"]) for m in received) >= 30, what="30 events at the broker"
+        )
+        assert {m["topic"] for m in received} == {
+            "edge/t0/events",
+            "edge/t1/events",
+            "edge/t2/events",
+        }
         got = sorted(e["data"]["n"] for m in received for e in m["events"])
         assert got == list(range(30))
         wait_until(lambda: gw.status()["counters"]["delivered"] == 30, what="30 counted delivered")

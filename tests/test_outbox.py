@@ -11,7 +11,10 @@ from datonis_edge.store.outbox import Outbox, OutboxFull
 
 
 def _events(start: int, n: int, pad: int = 0) -> list[dict]:
-    return [{"thing_key": "t", "timestamp": i, "data": {"seq": i, "pad": "x" * pad}} for i in range(start, start + n)]
+    return [
+        {"thing_key": "t", "timestamp": i, "data": {"seq": i, "pad": "x" * pad}}
+        for i in range(start, start + n)
+    ]
 
 
 async def _drain(outbox: Outbox, size: int) -> list[int]:
@@ -65,7 +68,13 @@ async def test_recovery_keeps_committed_and_partly_acked_state(tmp_path: Path) -
     again.open()
     try:
         assert again.pending == 5
-        assert again.stats().counters == {"accepted": 20, "delivered": 15, "declined": 0, "evicted": 0, "rejected": 0}
+        assert again.stats().counters == {
+            "accepted": 20,
+            "delivered": 15,
+            "declined": 0,
+            "evicted": 0,
+            "rejected": 0,
+        }
         assert await _drain(again, 100) == list(range(15, 20))
     finally:
         again.close()

@@ -11,12 +11,17 @@ from helpers import base_config, free_port, wait_until
 def _listener_config(platform, **cloud):
     config = base_config(platform, **cloud)
     port = free_port()
-    config["services"] = [{"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}]
+    config["services"] = [
+        {"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}
+    ]
     return config, f"http://127.0.0.1:{port}/api/v3/things/event.json"
 
 
 def _post(url: str, start: int, count: int, thing: str = "m1") -> None:
-    events = [{"thing_key": thing, "timestamp": 1_700_000_000_000 + i, "data": {"seq": i}} for i in range(start, start + count)]
+    events = [
+        {"thing_key": thing, "timestamp": 1_700_000_000_000 + i, "data": {"seq": i}}
+        for i in range(start, start + count)
+    ]
     r = httpx.post(url, json={"events": events}, timeout=10)
     assert r.status_code == 200, r.text
 
@@ -25,7 +30,9 @@ def _seqs(platform) -> list[int]:
     return [e["data"]["seq"] for e in platform.events()]
 
 
-def test_401_declines_batch_and_later_batches_flow_and_replay_delivers(platform, gateway_factory) -> None:
+def test_401_declines_batch_and_later_batches_flow_and_replay_delivers(
+    platform, gateway_factory
+) -> None:
     config, url = _listener_config(platform, bulk_max_elements=10)
     gw = gateway_factory(config).start()
     _post(url, 0, 10)
@@ -33,7 +40,9 @@ def test_401_declines_batch_and_later_batches_flow_and_replay_delivers(platform,
 
     platform.set_keys("rotated-ak", "rotated-sk")  # the platform no longer knows our key
     _post(url, 10, 10)
-    st = wait_until(lambda: (s := gw.status())["counters"]["declined"] == 10 and s, what="batch declined")
+    st = wait_until(
+        lambda: (s := gw.status())["counters"]["declined"] == 10 and s, what="batch declined"
+    )
     assert st["declined_batches"] == 1
     assert any("401" in a["message"] and "declined" in a["message"] for a in st["alerts"])
     assert st["uplinks"][0]["state"] == "declining"
@@ -43,11 +52,18 @@ def test_401_declines_batch_and_later_batches_flow_and_replay_delivers(platform,
 
     platform.set_keys(platform.access_key, platform.secret_key)  # keys fixed
     _post(url, 20, 10)  # later batches flow once the platform accepts again
-    wait_until(lambda: sorted(_seqs(platform)) == list(range(10)) + list(range(20, 30)), timeout=30, what="later batch delivered")
+    wait_until(
+        lambda: sorted(_seqs(platform)) == list(range(10)) + list(range(20, 30)),
+        timeout=30,
+        what="later batch delivered",
+    )
 
     replay = gw.cli("declined", "replay", "--datadirpath", str(gw.datadir))
     assert replay.returncode == 0, replay.stderr
-    wait_until(lambda: sorted(_seqs(platform)) == list(range(30)), what="declined points delivered by replay")
+    wait_until(
+        lambda: sorted(_seqs(platform)) == list(range(30)),
+        what="declined points delivered by replay",
+    )
     st = gw.status()
     assert st["declined_batches"] == 0
     assert st["counters"]["accepted"] == 40  # 30 posted + 10 replayed
@@ -62,7 +78,9 @@ def test_422_declines_only_the_bad_batch(platform, gateway_factory) -> None:
     _post(url, 0, 5)
     _post(url, 5, 5)
     wait_until(lambda: _seqs(platform) == list(range(5, 10)), what="second batch delivered")
-    st = wait_until(lambda: (s := gw.status())["counters"]["declined"] == 5 and s, what="first declined")
+    st = wait_until(
+        lambda: (s := gw.status())["counters"]["declined"] == 5 and s, what="first declined"
+    )
     assert st["declined_batches"] == 1
     assert st["uplinks"][0]["state"] != "declining"  # a bad batch is not a bad key: no backoff
 
@@ -72,7 +90,9 @@ def test_422_declines_only_the_bad_batch(platform, gateway_factory) -> None:
     assert "422" in gw.cli("declined", "list", "--datadirpath", datadir).stdout
     purged = gw.cli("declined", "purge", "--datadirpath", datadir, input="y\n")
     assert purged.returncode == 0 and "deleted 1 declined batches (5 events)" in purged.stdout
-    assert gw.cli("declined", "list", "--datadirpath", datadir).stdout.strip() == "no declined batches"
+    assert (
+        gw.cli("declined", "list", "--datadirpath", datadir).stdout.strip() == "no declined batches"
+    )
 
 
 def test_429_honours_retry_after(platform, gateway_factory) -> None:
@@ -89,7 +109,9 @@ def test_429_honours_retry_after(platform, gateway_factory) -> None:
     assert gw.status()["counters"]["declined"] == 0
 
 
-def test_500_slow_answers_and_dropped_connections_retry_until_delivered(platform, gateway_factory) -> None:
+def test_500_slow_answers_and_dropped_connections_retry_until_delivered(
+    platform, gateway_factory
+) -> None:
     config, url = _listener_config(platform, bulk_max_elements=10, request_timeout_ms=500)
     gw = gateway_factory(config).start()
     platform.fault(status=500, count=2)
@@ -98,8 +120,12 @@ def test_500_slow_answers_and_dropped_connections_retry_until_delivered(platform
     platform.fault(delay_ms=1500, count=1)  # longer than request_timeout_ms: a timeout
     for start in range(0, 50, 10):
         _post(url, start, 10)
-    wait_until(lambda: set(_seqs(platform)) == set(range(50)), timeout=60, what="every point delivered")
-    st = wait_until(lambda: (s := gw.status())["outbox"]["pending"] == 0 and s, what="outbox drained")
+    wait_until(
+        lambda: set(_seqs(platform)) == set(range(50)), timeout=60, what="every point delivered"
+    )
+    st = wait_until(
+        lambda: (s := gw.status())["outbox"]["pending"] == 0 and s, what="outbox drained"
+    )
     assert st["counters"]["declined"] == 0
     assert st["forwarder"]["counters"]["retries"] >= 6
     seqs = _seqs(platform)
@@ -116,7 +142,11 @@ def test_malformed_posts_get_a_4xx_naming_the_fault(platform, gateway_factory) -
         (b'{"events": []}', 422, "empty"),
         (b'{"events": [{"data": {"v": 1}}]}', 422, "events[0].thing_key"),
         (b'{"thing_key": "m", "data": 5}', 422, "event.data"),
-        (b'{"events": [{"thing_key": "m", "data": {}, "timestamp": "yesterday"}]}', 422, "events[0].timestamp"),
+        (
+            b'{"events": [{"thing_key": "m", "data": {}, "timestamp": "yesterday"}]}',
+            422,
+            "events[0].timestamp",
+        ),
     ]
     for body, status, words in cases:
         r = httpx.post(url, content=body)
@@ -125,7 +155,9 @@ def test_malformed_posts_get_a_4xx_naming_the_fault(platform, gateway_factory) -
     assert httpx.get(url.replace("event.json", "nothing")).status_code == 404
 
 
-def test_http_listener_checks_signatures_when_keys_are_configured(platform, gateway_factory) -> None:
+def test_http_listener_checks_signatures_when_keys_are_configured(
+    platform, gateway_factory
+) -> None:
     import hashlib
     import hmac
 
@@ -134,8 +166,15 @@ def test_http_listener_checks_signatures_when_keys_are_configured(platform, gate
     gateway_factory(config).start()
     body = b'{"thing_key": "m", "data": {"v": 1}}'
     sig = hmac.new(b"agent-secret", body, hashlib.sha256).hexdigest()
-    assert httpx.post(url, content=body, headers={"X-Access-Key": "agent-1", "X-Dtn-Signature": sig}).status_code == 200
-    bad = httpx.post(url, content=body, headers={"X-Access-Key": "agent-1", "X-Dtn-Signature": "0" * 64})
+    assert (
+        httpx.post(
+            url, content=body, headers={"X-Access-Key": "agent-1", "X-Dtn-Signature": sig}
+        ).status_code
+        == 200
+    )
+    bad = httpx.post(
+        url, content=body, headers={"X-Access-Key": "agent-1", "X-Dtn-Signature": "0" * 64}
+    )
     assert bad.status_code == 401 and "X-Dtn-Signature" in bad.json()["reason"]
     assert httpx.post(url, content=body).status_code == 401
     wait_until(lambda: len(platform.events()) == 1, what="the signed event delivered")

@@ -210,6 +210,10 @@ class Config(_Base):
         return sorted({t.thing_key for s in self.services for t in s.things})
 
 
+# libyaml's loader when present: a plant-sized config (10,000 metrics) parses in a fraction
+# of the time and memory of the pure-Python one
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -325,7 +329,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError:
         raise ConfigError([f"{p}: not UTF-8 text; save it as UTF-8"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"

@@ -123,7 +123,9 @@ class MqttUplink(Uplink):
             # calls on_publish, which takes ours
             info = client.publish(topic, payload, qos=self.cloud.qos)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                return Outcome(OutcomeKind.RETRY, None, f"publish failed: {mqtt.error_string(info.rc)}")
+                return Outcome(
+                    OutcomeKind.RETRY, None, f"publish failed: {mqtt.error_string(info.rc)}"
+                )
             with self._lock:
                 if self.cloud.qos == 0 or info.mid in self._early:
                     self._early.discard(info.mid)

@@ -1,0 +1,25 @@
+"""`make bench`: every benchmark, one JSON line each. Numbers go to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import delivery  # noqa: E402
+import ingest  # noqa: E402
+import simulator  # noqa: E402
+
+if __name__ == "__main__":
+    quick = "--quick" in sys.argv
+    seconds = 4 if quick else 10
+    ingest.run("bulk 4x500", 4, 500, seconds)
+    ingest.run("single 16 clients", 16, 1, seconds)
+    ingest.run("single 64 clients", 64, 1, seconds)
+    simulator.run(seconds=5 if quick else 15)
+    backlog = 100_000 if quick else 1_000_000
+    delivery.to_platform(min(backlog, 200_000), 25)
+    delivery.to_platform(backlog, 500)
+    delivery.to_platform(backlog, 2000)
+    delivery.to_mosquitto(backlog, 500)
