@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import EDGE, free_port, wait_port, wait_until  # noqa: E402
+from helpers import EDGE, free_port, wait_port, wait_until
 
 CLK = os.sysconf("SC_CLK_TCK")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from common import Edge, Sim, cloud, cpu_seconds, free_port, peak_rss_mb, report, wait_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from datonis_edge.store.outbox import Outbox  # noqa: E402
+from datonis_edge.store.outbox import Outbox
 
 
 def fill(datadir: Path, total: int, chunk: int = 500) -> None:

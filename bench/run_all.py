@@ -7,9 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import delivery  # noqa: E402
-import ingest  # noqa: E402
-import simulator  # noqa: E402
+import delivery
+import ingest
+import simulator
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
