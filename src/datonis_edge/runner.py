@@ -32,7 +32,7 @@ async def run_instance(
     # after start-up are frozen out of every collection.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 50)
+    gc.set_threshold(10_000, 10, 10)
     supervisor = Supervisor(datadir, config, http_port, instance_id, console_host=http_host)
     console = asyncio.create_task(serve_app(create_app(supervisor), sock), name="console")
     log.info("instance %s: console on http://%s:%d", supervisor.instance_id, http_host, http_port)

@@ -12,9 +12,10 @@ import email.utils
 import hashlib
 import hmac
 import time
+from http import HTTPStatus
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from ..config import CloudConfig
@@ -67,7 +68,10 @@ def _reason(status: int, body: str) -> str:
         )
     except orjson.JSONDecodeError:
         detail = None
-    phrase = httpx.codes.get_reason_phrase(status) or "HTTP status"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "HTTP status"
     return f"{status} {phrase}" + (f": {detail}" if detail else "")
 
 
@@ -79,27 +83,30 @@ class DatonisHttpUplink(Uplink):
         self.cloud = cloud
         self._access = cloud.access_key.get_secret_value()
         self._secret = cloud.secret_key.get_secret_value().encode()
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._base = cloud.endpoint.rstrip("/")
         self.status.details["endpoint"] = cloud.endpoint
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=self.cloud.endpoint.rstrip("/"),
-            timeout=self.cloud.request_timeout_ms / 1000,
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
+        # aiohttp rather than httpx here: on this path httpx's async stack costs about 2 ms
+        # of CPU per request, aiohttp about 0.4 ms (see docs/benchmarks.md)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.cloud.request_timeout_ms / 1000),
+            connector=aiohttp.TCPConnector(limit=self.cloud.max_inflight_batches + 2),
+            raise_for_status=False,
         )
         self.status.state = "ready"
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def sign(self, body: bytes) -> str:
         return hmac.new(self._secret, body, hashlib.sha256).hexdigest()
 
     async def _post(self, path: str, body: bytes, extra: dict[str, str] | None = None) -> Outcome:
-        assert self._client is not None, "start() the uplink first"
+        assert self._session is not None, "start() the uplink first"
         headers = {
             "Content-Type": "application/json",
             "X-Access-Key": self._access,
@@ -107,16 +114,17 @@ class DatonisHttpUplink(Uplink):
             **(extra or {}),
         }
         try:
-            resp = await self._client.post(path, content=body, headers=headers)
-        except httpx.TimeoutException:
+            async with self._session.post(self._base + path, data=body, headers=headers) as resp:
+                text = await resp.text(errors="replace")
+                return outcome_for(resp.status, text, resp.headers.get("Retry-After"))
+        except TimeoutError:
             return Outcome(
                 OutcomeKind.RETRY, None, f"no answer within {self.cloud.request_timeout_ms} ms"
             )
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             return Outcome(
                 OutcomeKind.RETRY, None, f"connection error: {exc.__class__.__name__}: {exc}"
             )
-        return outcome_for(resp.status_code, resp.text, resp.headers.get("retry-after"))
 
     async def send(self, batch: Batch) -> Outcome:
         body = orjson.dumps(
