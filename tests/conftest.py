@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,18 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def shared_dir(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """The data directory of a failover test: under DATONIS_EDGE_TEST_SHARED_DIR (an NFS
+    mount, say) when set, else a temp directory."""
+    root = os.environ.get("DATONIS_EDGE_TEST_SHARED_DIR")
+    if not root:
+        return tmp_path / "shared"
+    path = Path(root) / f"{request.node.name}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    return path
 
 
 @pytest.fixture

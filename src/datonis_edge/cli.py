@@ -127,6 +127,10 @@ def run(
         code = _run_loop(run_instance(datadirpath, cfg, http_port, http_host, instance_id))
     except PortError as exc:
         raise fail(str(exc)) from None
+    if code != 0:
+        # mastership lost: leave now, even if a file call is stuck on a hung NFS server
+        logging.shutdown()
+        os._exit(code)
     raise typer.Exit(code)
 
 
@@ -172,6 +176,13 @@ def status(datadirpath: DataDir) -> None:
             f"since {_when(master.get('since_ms'))}, last heartbeat {age:.1f} s ago"
         )
         typer.echo(f"console:        {master.get('console_url')}")
+        if "outbox" in master:
+            ob, c = master["outbox"], master.get("counters", {})
+            typer.echo(
+                f"outbox:         {ob['pending']} events pending ({ob['bytes']} bytes); "
+                f"accepted {c.get('accepted', 0)}, delivered {c.get('delivered', 0)}, "
+                f"declined {c.get('declined', 0)}, evicted {c.get('evicted', 0)}"
+            )
     else:
         typer.echo("master:         none has run yet")
     now = time.time() * 1000

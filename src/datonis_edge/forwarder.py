@@ -80,6 +80,8 @@ class Forwarder:
     def stop_soon(self) -> None:
         """Finish the batches in flight, then stop (used on a clean hand-over)."""
         self._stopping = True
+        if self.outbox.changed is not None:
+            self.outbox.changed.set()  # wake a wait for more events
 
     # ------------------------------------------------------------------ the loop
 

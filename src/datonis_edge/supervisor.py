@@ -42,7 +42,7 @@ class Supervisor:
         config: Config,
         http_port: int,
         instance_id: str | None = None,
-        poll_s: float = 0.2,
+        poll_s: float = 0.1,
         heartbeat_s: float = 1.0,
         stall_limit_s: float = 5.0,
         console_host: str = "0.0.0.0",
@@ -161,16 +161,19 @@ class Supervisor:
             self.role = "stopped"
 
     def _write_master(self, durable: bool = False) -> None:
-        self.ha.write_master(
-            {
-                **self._identity(),
-                "epoch": self.epoch,
-                "since_ms": self.since_ms,
-                "heartbeat": self._heartbeats,
-                "heartbeat_ms": int(time.time() * 1000),
-            },
-            durable=durable,
-        )
+        info: dict[str, Any] = {
+            **self._identity(),
+            "epoch": self.epoch,
+            "since_ms": self.since_ms,
+            "heartbeat": self._heartbeats,
+            "heartbeat_ms": int(time.time() * 1000),
+        }
+        if self.gateway is not None and self.gateway.loop is not None:
+            # for `datonis-edge status` on any host: the outbox itself is locked by the master
+            stats = self.gateway.outbox.stats()
+            info["outbox"] = {"pending": stats.pending, "bytes": stats.bytes}
+            info["counters"] = stats.counters
+        self.ha.write_master(info, durable=durable)
 
     async def _keep_alive(self) -> None:
         while not self._stop.is_set():
@@ -221,6 +224,7 @@ class Supervisor:
         }
         if self.role == "master" and self.gateway is not None:
             snap.update(self.gateway.snapshot())
+            snap["standbys"] = self.live_standbys()
         else:
             master = self.ha.read_master()
             snap["master"] = (
@@ -234,6 +238,15 @@ class Supervisor:
             if snap["master"] is not None:
                 snap["master"]["since"] = master.get("since_ms") if master else None
         return snap
+
+    def live_standbys(self, max_age_s: float = 10.0) -> list[dict[str, Any]]:
+        now = time.time() * 1000
+        return [
+            {k: sb.get(k) for k in ("instance_id", "host", "pid", "console_url", "heartbeat_ms")}
+            for sb in self.ha.read_standbys()
+            if now - sb.get("heartbeat_ms", 0) <= max_age_s * 1000
+            and sb.get("instance_id") != self.instance_id
+        ]
 
     # ------------------------------------------------------------------ console service
 
