@@ -233,7 +233,7 @@ def test_sigterm_hands_over_cleanly_within_a_second(platform, gateway_factory, s
 def test_a_standby_never_touches_the_outbox(platform, gateway_factory, shared_dir) -> None:
     config = _config(platform)
     config["services"] = []  # a quiet master: nothing writes to the outbox
-    a = gateway_factory(config, datadir=shared_dir, name="node").start()
+    gateway_factory(config, datadir=shared_dir, name="node").start()
     outbox = shared_dir / "outbox"
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in outbox.iterdir()}
     b = gateway_factory(None, datadir=shared_dir, name="node").start(wait_master=False)
