@@ -23,3 +23,4 @@ if __name__ == "__main__":
     delivery.to_platform(backlog, 500)
     delivery.to_platform(backlog, 2000)
     delivery.to_mosquitto(backlog, 500)
+    failover.run(5 if quick else 20)
