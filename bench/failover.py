@@ -20,8 +20,20 @@ from common import EDGE, Sim, cloud, free_port, report, wait_until
 class Node:
     def __init__(self, tmp: Path, datadir: Path, name: str, config: Path | None) -> None:
         self.port = free_port()
-        self.args = [EDGE, "run", "--datadirpath", str(datadir), "--http-port", str(self.port),
-                     "--http-host", "127.0.0.1", "--instance-id", name, "--log-level", "warning"]
+        self.args = [
+            EDGE,
+            "run",
+            "--datadirpath",
+            str(datadir),
+            "--http-port",
+            str(self.port),
+            "--http-host",
+            "127.0.0.1",
+            "--instance-id",
+            name,
+            "--log-level",
+            "warning",
+        ]
         if config:
             self.args += ["--config", str(config)]
         self.log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
@@ -54,9 +66,26 @@ def run(kills: int = 20) -> dict:
         tmp = Path(d)
         sim = Sim(tmp).start()
         cfg = tmp / "edge.yaml"
-        cfg.write_text(yaml.safe_dump({"cloud": cloud(sim.url, bulk_transmit_interval_ms=20), "services": [
-            {"name": "line", "type": "simulator", "scan_interval_ms": 20,
-             "things": [{"thing_key": "press-1", "metrics": [{"name": "n", "tag": "counter(0, 1)"}]}]}]}))
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "cloud": cloud(sim.url, bulk_transmit_interval_ms=20),
+                    "services": [
+                        {
+                            "name": "line",
+                            "type": "simulator",
+                            "scan_interval_ms": 20,
+                            "things": [
+                                {
+                                    "thing_key": "press-1",
+                                    "metrics": [{"name": "n", "tag": "counter(0, 1)"}],
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
         datadir = tmp / "data"
         nodes = [Node(tmp, datadir, "node-0", cfg).start()]
         nodes += [Node(tmp, datadir, f"node-{i}", None).start() for i in (1, 2)]
@@ -74,7 +103,10 @@ def run(kills: int = 20) -> dict:
                 new = next((n for n in others if n.role() == "master"), None)
             to_master.append(time.time() - killed_at)
             epoch = new.http.get("/api/v1/status").json()["epoch"]
-            to_delivery.append(wait_until(lambda e=epoch: _first_delivery_s(sim.url, e), 10, "delivery") - killed_at)
+            to_delivery.append(
+                wait_until(lambda e=epoch: _first_delivery_s(sim.url, e), 10, "delivery")
+                - killed_at
+            )
             master.proc.wait()
             master.start()
         handovers = []

@@ -266,3 +266,44 @@ class Gateway:
         return subprocess.run(
             [EDGE, *args], input=input, capture_output=True, text=True, timeout=60
         )
+
+
+class ModbusServer:
+    """tests/servers/modbus_server.py in its own process (SIGSTOP makes it a dead device)."""
+
+    def __init__(self, tmp: Path, spec: dict[str, Any], name: str = "modbus") -> None:
+        import json
+
+        self.port = free_port()
+        spec_path = tmp / f"{name}-{self.port}.json"
+        spec_path.write_text(json.dumps(spec))
+        self.count_file = tmp / f"{name}-{self.port}.count"
+        script = Path(__file__).parent / "servers" / "modbus_server.py"
+        self.proc = Proc(
+            [
+                sys.executable,
+                str(script),
+                "--port",
+                str(self.port),
+                "--spec",
+                str(spec_path),
+                "--count-file",
+                str(self.count_file),
+            ],
+            tmp / f"{name}-{self.port}.log",
+        )
+
+    def start(self) -> ModbusServer:
+        self.proc.start()
+        wait_port(self.port)
+        return self
+
+    def requests(self) -> int:
+        try:
+            return int(self.count_file.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def stop(self) -> None:
+        self.proc.signal(signal.SIGCONT)
+        self.proc.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import Adapter, ReadingSink, Rejected, reading
 from .http_listener import HttpListenerAdapter
+from .modbus_tcp import ModbusTcpAdapter
 from .mqtt_listener import MqttListenerAdapter
 from .simulator import SimulatorAdapter
 
@@ -11,6 +12,7 @@ REGISTRY: dict[str, type[Adapter]] = {
     "simulator": SimulatorAdapter,
     "http_listener": HttpListenerAdapter,
     "mqtt_listener": MqttListenerAdapter,
+    "modbus_tcp": ModbusTcpAdapter,
 }
 
 __all__ = ["REGISTRY", "Adapter", "ReadingSink", "Rejected", "reading"]

@@ -144,7 +144,9 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
                 "ms": int(time.time() * 1000),
                 "status": response.status_code,
                 "batch_id": request.headers.get("x-dtn-batch-id"),
-                "epoch": int(e) if (e := request.headers.get("x-dtn-epoch", "")).isdigit() else None,
+                "epoch": int(e)
+                if (e := request.headers.get("x-dtn-epoch", "")).isdigit()
+                else None,
             }
         )
         del state.request_log[:-10_000]
