@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import delivery
 import failover
+import modbus
 import ingest
 import simulator
 
@@ -25,3 +26,5 @@ if __name__ == "__main__":
     delivery.to_platform(backlog, 2000)
     delivery.to_mosquitto(backlog, 500)
     failover.run(5 if quick else 20)
+    modbus.run(seconds=5 if quick else 15)
+    modbus.run(seconds=5 if quick else 15, scan_ms=200)
