@@ -11,10 +11,17 @@ from pathlib import Path
 from common import Edge, Sim, cloud, cpu_seconds, peak_rss_mb, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import ModbusServer  # noqa: E402
+from helpers import ModbusServer
 
 
-def run(devices: int = 50, registers: int = 300, servers: int = 10, seconds: float = 15.0, scan_ms: int = 1000, float_share: float = 0.0) -> dict:
+def run(
+    devices: int = 50,
+    registers: int = 300,
+    servers: int = 10,
+    seconds: float = 15.0,
+    scan_ms: int = 1000,
+    float_share: float = 0.0,
+) -> dict:
     per_server = devices // servers
     with tempfile.TemporaryDirectory(prefix="bench-modbus-") as d:
         tmp = Path(d)
@@ -23,19 +30,51 @@ def run(devices: int = 50, registers: int = 300, servers: int = 10, seconds: flo
         # with float_share=0 every register is one uint16 tag
         n32 = int(registers * float_share / 2)
         n16 = registers - 2 * n32
-        spec = {"units": {str(u): {"hr": {"0": list(range(registers))}} for u in range(1, per_server + 1)}}
+        spec = {
+            "units": {
+                str(u): {"hr": {"0": list(range(registers))}} for u in range(1, per_server + 1)
+            }
+        }
         procs = [ModbusServer(tmp, spec, f"plc{i}").start() for i in range(servers)]
         tags, things, devs = [], [], []
         for dev in range(devices):
             server, unit = procs[dev // per_server], dev % per_server + 1
             name = f"plc-{dev}"
             devs.append({"name": name, "port": server.port, "unit_id": unit, "timeout_ms": 2000})
-            dev_tags = [{"name": f"{name}-u{i}", "device": name, "register": "holding", "address": i} for i in range(n16)]
-            dev_tags += [{"name": f"{name}-f{i}", "device": name, "register": "holding", "address": n16 + 2 * i, "data_type": "float32"} for i in range(n32)]
+            dev_tags = [
+                {"name": f"{name}-u{i}", "device": name, "register": "holding", "address": i}
+                for i in range(n16)
+            ]
+            dev_tags += [
+                {
+                    "name": f"{name}-f{i}",
+                    "device": name,
+                    "register": "holding",
+                    "address": n16 + 2 * i,
+                    "data_type": "float32",
+                }
+                for i in range(n32)
+            ]
             tags += dev_tags
-            things.append({"thing_key": name, "metrics": [{"name": t["name"], "tag": t["name"]} for t in dev_tags]})
-        config = {"cloud": cloud(sim.url, bulk_max_elements=50), "services": [
-            {"name": "plant", "type": "modbus_tcp", "scan_interval_ms": scan_ms, "devices": devs, "tags": tags, "things": things}]}
+            things.append(
+                {
+                    "thing_key": name,
+                    "metrics": [{"name": t["name"], "tag": t["name"]} for t in dev_tags],
+                }
+            )
+        config = {
+            "cloud": cloud(sim.url, bulk_max_elements=50),
+            "services": [
+                {
+                    "name": "plant",
+                    "type": "modbus_tcp",
+                    "scan_interval_ms": scan_ms,
+                    "devices": devs,
+                    "tags": tags,
+                    "things": things,
+                }
+            ],
+        }
         edge = Edge(tmp, config).start()
         time.sleep(3)
         st0 = edge.status()
@@ -58,7 +97,11 @@ def run(devices: int = 50, registers: int = 300, servers: int = 10, seconds: flo
         tags=len(tags),
         registers_per_device=registers,
         requests_per_scan=svc["details"]["requests_per_scan"],
-        tags_read_per_s=round((svc["counters"]["readings"] - st0["services"][0]["counters"]["readings"]) * tags_per_event / wall),
+        tags_read_per_s=round(
+            (svc["counters"]["readings"] - st0["services"][0]["counters"]["readings"])
+            * tags_per_event
+            / wall
+        ),
         tags_delivered_per_s=round(delivered_events * tags_per_event / wall),
         gateway_cpu_cores=round(cpu / wall, 3),
         peak_rss_mb=round(rss, 1),

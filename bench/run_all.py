@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import delivery
 import failover
-import modbus
 import ingest
+import modbus
 import simulator
 
 if __name__ == "__main__":

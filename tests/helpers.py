@@ -307,3 +307,24 @@ class ModbusServer:
     def stop(self) -> None:
         self.proc.signal(signal.SIGCONT)
         self.proc.stop()
+
+
+class OpcUaServer:
+    """tests/servers/opcua_server.py in its own process; restartable on the same port."""
+
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/test/"
+        script = Path(__file__).parent / "servers" / "opcua_server.py"
+        self.args = [sys.executable, str(script), "--port", str(self.port), *extra]
+        self.log = tmp / f"opcua-{self.port}.log"
+        self.proc: Proc | None = None
+
+    def start(self) -> OpcUaServer:
+        self.proc = Proc(self.args, self.log).start()
+        wait_port(self.port, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()

@@ -48,7 +48,9 @@ class Gateway:
         for svc in config.services:
             if svc.enabled:
                 cls = REGISTRY[svc.type]
-                self.adapters.append(cls(svc, self._sink_for(ThingMap(svc.things))))
+                self.adapters.append(
+                    cls(svc, self._sink_for(ThingMap(svc.things)), workdir=datadir)
+                )
         self._tasks: list[asyncio.Task[Any]] = []
         self._alert_queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=1000)
         self.started_ms = 0

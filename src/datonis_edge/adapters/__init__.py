@@ -6,6 +6,7 @@ from .base import Adapter, ReadingSink, Rejected, reading
 from .http_listener import HttpListenerAdapter
 from .modbus_tcp import ModbusTcpAdapter
 from .mqtt_listener import MqttListenerAdapter
+from .opcua import OpcUaAdapter
 from .simulator import SimulatorAdapter
 
 REGISTRY: dict[str, type[Adapter]] = {
@@ -13,6 +14,7 @@ REGISTRY: dict[str, type[Adapter]] = {
     "http_listener": HttpListenerAdapter,
     "mqtt_listener": MqttListenerAdapter,
     "modbus_tcp": ModbusTcpAdapter,
+    "opcua": OpcUaAdapter,
 }
 
 __all__ = ["REGISTRY", "Adapter", "ReadingSink", "Rejected", "reading"]

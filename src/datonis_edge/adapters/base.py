@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..status import PartStatus
@@ -40,9 +41,10 @@ ReadingSink = Callable[[list[Reading]], Awaitable[int]]
 class Adapter(ABC):
     type: ClassVar[str]
 
-    def __init__(self, config: Any, sink: ReadingSink) -> None:
+    def __init__(self, config: Any, sink: ReadingSink, workdir: Path | None = None) -> None:
         self.config = config
         self.sink = sink
+        self.workdir = workdir  # the data directory, for what an adapter keeps (certificates)
         self.status = PartStatus(name=config.name, type=config.type)
 
     @abstractmethod

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -82,8 +83,10 @@ def signature(secret: str, body: bytes) -> str:
 class HttpListenerAdapter(Adapter):
     type = "http_listener"
 
-    def __init__(self, config: HttpListenerService, sink: ReadingSink) -> None:
-        super().__init__(config, sink)
+    def __init__(
+        self, config: HttpListenerService, sink: ReadingSink, workdir: Path | None = None
+    ) -> None:
+        super().__init__(config, sink, workdir)
         self.config: HttpListenerService = config
         self._keys = {k.access_key: k.secret_key.get_secret_value() for k in config.keys}
         self._sock: socket.socket | None = None

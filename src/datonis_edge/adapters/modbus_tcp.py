@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -118,8 +119,10 @@ class _Device:
 class ModbusTcpAdapter(Adapter):
     type = "modbus_tcp"
 
-    def __init__(self, config: ModbusTcpService, sink: ReadingSink) -> None:
-        super().__init__(config, sink)
+    def __init__(
+        self, config: ModbusTcpService, sink: ReadingSink, workdir: Path | None = None
+    ) -> None:
+        super().__init__(config, sink, workdir)
         self.config: ModbusTcpService = config
         devices = {d.name: d for d in config.devices}
         specs = [

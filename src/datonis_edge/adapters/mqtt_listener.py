@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -63,8 +64,10 @@ def parse_payload(
 class MqttListenerAdapter(Adapter):
     type = "mqtt_listener"
 
-    def __init__(self, config: MqttListenerService, sink: ReadingSink) -> None:
-        super().__init__(config, sink)
+    def __init__(
+        self, config: MqttListenerService, sink: ReadingSink, workdir: Path | None = None
+    ) -> None:
+        super().__init__(config, sink, workdir)
         self.config: MqttListenerService = config
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from ..config import SimulatorService
 from ..waveforms import Waveform, parse_tag
@@ -13,8 +14,10 @@ from .base import Adapter, ReadingSink, Rejected, reading
 class SimulatorAdapter(Adapter):
     type = "simulator"
 
-    def __init__(self, config: SimulatorService, sink: ReadingSink) -> None:
-        super().__init__(config, sink)
+    def __init__(
+        self, config: SimulatorService, sink: ReadingSink, workdir: Path | None = None
+    ) -> None:
+        super().__init__(config, sink, workdir)
         self.config: SimulatorService = config
         self._waves: list[tuple[str, dict[str, Waveform]]] = [
             (thing.thing_key, {m.tag: parse_tag(m.tag) for m in thing.metrics})
