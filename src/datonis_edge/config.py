@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from .expressions import Expression, ExpressionError
 from .modbus_types import DATA_TYPES, ENDIANS, REGISTER_KINDS, REGISTERS_NEEDED, normalize
 from .waveforms import TagError, parse_tag
 
@@ -101,11 +102,30 @@ class OutboxConfig(_Base):
 
 class MetricConfig(_Base):
     name: str = Field(min_length=1)
-    tag: str = Field(min_length=1)
+    tag: str = ""
+    # a derived metric: an expression over latestValue[i] / previousValue[i] of its inputs
+    # (metric names of the same thing, or adapter tags)
+    expression: str = ""
+    inputs: list[str] = Field(default_factory=list)
     scale: float | None = None
     offset: float | None = None
     diff: bool = False
     deadband: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _source(self) -> MetricConfig:
+        if bool(self.tag) == bool(self.expression):
+            raise ValueError("tag: give a metric either a tag or an expression (with inputs)")
+        if self.expression:
+            if not self.inputs:
+                raise ValueError(
+                    "inputs: an expression needs inputs (what latestValue[0], [1], ... are)"
+                )
+            try:
+                Expression(self.expression, len(self.inputs))
+            except ExpressionError as exc:
+                raise ValueError(f"expression: {exc}") from None
+        return self
 
 
 class ThingConfig(_Base):
@@ -125,6 +145,13 @@ class ThingConfig(_Base):
             seen[m.name] = i
         return self
 
+    def tags_used(self) -> set[str]:
+        """Adapter tags this thing reads: metric tags and expression inputs that are not metrics."""
+        names = {m.name for m in self.metrics}
+        used = {m.tag for m in self.metrics if m.tag}
+        used |= {i for m in self.metrics for i in m.inputs if i not in names}
+        return used
+
 
 class _ServiceBase(_Base):
     name: str = ""
@@ -140,11 +167,29 @@ class SimulatorService(_ServiceBase):
     @model_validator(mode="after")
     def _check_tags(self) -> SimulatorService:
         for ti, thing in enumerate(self.things):
+            names = {m.name for m in thing.metrics}
             for mi, metric in enumerate(thing.metrics):
-                try:
-                    parse_tag(metric.tag)
-                except TagError as exc:
-                    raise ValueError(f"things[{ti}].metrics[{mi}].tag: {exc}") from None
+                if metric.tag:
+                    try:
+                        parse_tag(metric.tag)
+                    except TagError as exc:
+                        raise ValueError(f"things[{ti}].metrics[{mi}].tag: {exc}") from None
+                for ii, name in enumerate(metric.inputs):
+                    if name not in names:
+                        raise ValueError(
+                            f"things[{ti}].metrics[{mi}].inputs[{ii}]: '{name}' is not a metric of this thing"
+                        )
+        return self
+
+
+class _Listener(_ServiceBase):
+    @model_validator(mode="after")
+    def _no_send_interval(self) -> _Listener:
+        if self.send_interval_ms:
+            raise ValueError(
+                "send_interval_ms: a listener acknowledges each reading once it is durable, so it "
+                "cannot hold readings back; send_interval_ms is for polled adapters"
+            )
         return self
 
 
@@ -153,7 +198,7 @@ class SignatureKey(_Base):
     secret_key: SecretStr
 
 
-class HttpListenerService(_ServiceBase):
+class HttpListenerService(_Listener):
     type: Literal["http_listener"]
     host: str = "0.0.0.0"
     port: int = Field(8081, ge=1, le=65_535)
@@ -162,7 +207,7 @@ class HttpListenerService(_ServiceBase):
     keys: list[SignatureKey] = Field(default_factory=list)
 
 
-class MqttListenerService(_ServiceBase):
+class MqttListenerService(_Listener):
     type: Literal["mqtt_listener"]
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65_535)
@@ -342,11 +387,17 @@ def _check_tag_references(tags: list[Any], things: list[ThingConfig]) -> set[str
             )
         seen.add(tag.name)
     for ti, thing in enumerate(things):
+        names = {m.name for m in thing.metrics}
         for mi, metric in enumerate(thing.metrics):
-            if metric.tag not in seen:
+            if metric.tag and metric.tag not in seen:
                 raise ValueError(
                     f"things[{ti}].metrics[{mi}].tag: no tag named '{metric.tag}' in this service's tags"
                 )
+            for ii, name in enumerate(metric.inputs):
+                if name not in seen and name not in names:
+                    raise ValueError(
+                        f"things[{ti}].metrics[{mi}].inputs[{ii}]: '{name}' is neither a metric of this thing nor a tag"
+                    )
     return seen
 
 

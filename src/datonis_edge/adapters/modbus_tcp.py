@@ -147,7 +147,7 @@ class ModbusTcpAdapter(Adapter):
             for d in config.devices
         ]
         # thing_key -> the tags its metrics use
-        self._things = [(t.thing_key, {m.tag for m in t.metrics}) for t in config.things]
+        self._things = [(t.thing_key, t.tags_used()) for t in config.things]
         self.status.details["devices"] = [d.state for d in self.devices]
         self.status.details["requests_per_scan"] = len(groups)
 

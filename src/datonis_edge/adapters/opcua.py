@@ -82,7 +82,7 @@ class OpcUaAdapter(Adapter):
     ) -> None:
         super().__init__(config, sink, workdir)
         self.config: OpcUaService = config
-        self._things = [(t.thing_key, {m.tag for m in t.metrics}) for t in config.things]
+        self._things = [(t.thing_key, t.tags_used()) for t in config.things]
         self._ready = asyncio.Event()
         self.status.details.update(
             {

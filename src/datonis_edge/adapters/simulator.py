@@ -20,7 +20,7 @@ class SimulatorAdapter(Adapter):
         super().__init__(config, sink, workdir)
         self.config: SimulatorService = config
         self._waves: list[tuple[str, dict[str, Waveform]]] = [
-            (thing.thing_key, {m.tag: parse_tag(m.tag) for m in thing.metrics})
+            (thing.thing_key, {m.tag: parse_tag(m.tag) for m in thing.metrics if m.tag})
             for thing in config.things
         ]
 
