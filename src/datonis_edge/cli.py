@@ -101,7 +101,12 @@ def _import_config(datadir: Path, source: Path | None) -> Config:
 def run(
     datadirpath: DataDir,
     config: Annotated[
-        Path | None, typer.Option("--config", help="Import this config into DIR/config/edge.yaml.")
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="DATONIS_EDGE_CONFIG",
+            help="Import this config into DIR/config/edge.yaml.",
+        ),
     ] = None,
     http_port: Annotated[
         int, typer.Option("--http-port", envvar="DATONIS_EDGE_HTTP_PORT", help="Console/API port.")

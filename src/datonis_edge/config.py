@@ -435,11 +435,11 @@ class Config(_Base):
 # of the time and memory of the pure-Python one
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
-    """Replace ${VAR} in strings, so secrets can live in the environment, not the file."""
+    """Replace ${VAR} and ${VAR:-default} in strings: secrets and ports from the environment."""
     if isinstance(node, dict):
         return {
             k: _expand_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
@@ -449,6 +449,8 @@ def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ and m.group(2) is not None:
+                return m.group(2)  # ${NAME:-default}
             if m.group(1) not in os.environ:
                 problems.append(
                     f"{path}: environment variable {m.group(1)} is not set; set it or write the value"

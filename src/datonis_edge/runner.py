@@ -10,6 +10,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from . import systemd
 from .config import parse_config
 from .console.app import create_app
 from .serving import bind_socket, serve_app
@@ -35,12 +36,16 @@ async def run_instance(
     gc.set_threshold(10_000, 10, 10)
     supervisor = Supervisor(datadir, config, http_port, instance_id, console_host=http_host)
     console = asyncio.create_task(serve_app(create_app(supervisor), sock), name="console")
+    watchdog = asyncio.create_task(systemd.watchdog_pings(), name="watchdog")
     log.info("instance %s: console on http://%s:%d", supervisor.instance_id, http_host, http_port)
+    systemd.ready(f"console on port {http_port}; master or standby of {datadir}")
     if on_ready is not None:
         on_ready(supervisor)
     try:
         return await supervisor.run()
     finally:
+        systemd.stopping()
+        watchdog.cancel()
         console.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await console
