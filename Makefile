@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint system-deps clean
+.PHONY: run test bench lint system-deps clean wheelhouse dist image
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,36 @@ bench: $(STAMP) system-deps
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+
+VERSION = $(shell $(PY) -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
+IMAGE ?= datonis-edge
+BUNDLE := dist/datonis-edge-$(VERSION)
+
+# the wheels of the gateway and of every dependency (for offline installs and the image build)
+wheelhouse: $(STAMP)
+	rm -rf build/wheelhouse
+	$(BIN)/pip wheel -q --wheel-dir build/wheelhouse .
+	$(BIN)/pip download -q --dest build/wheelhouse setuptools wheel
+
+# the classic-install release bundle: wheels, both scripts, the unit, the docs
+dist: wheelhouse
+	rm -rf $(BUNDLE) $(BUNDLE).tar.gz
+	mkdir -p $(BUNDLE)/wheels $(BUNDLE)/docs
+	cp build/wheelhouse/*.whl $(BUNDLE)/wheels/
+	rm -f $(BUNDLE)/wheels/setuptools-*.whl $(BUNDLE)/wheels/wheel-*.whl
+	cp packaging/install_edge_service.sh packaging/upgrade_edge_service.sh packaging/datonis-edge.service $(BUNDLE)/
+	cp docs/*.md $(BUNDLE)/docs/
+	echo $(VERSION) > $(BUNDLE)/VERSION
+	tar -C dist -czf $(BUNDLE).tar.gz datonis-edge-$(VERSION)
+	@echo "bundle: $(BUNDLE).tar.gz ($$(du -h $(BUNDLE).tar.gz | cut -f1))"
+
+# the Docker image, built with podman (no Docker engine here); debian:bookworm-slim is made
+# locally from debootstrap by ../shared/tools/debian-base-image
+image: wheelhouse
+	../shared/tools/debian-base-image
+	. ../shared/tools/container-env && podman build --pull=never --format docker -q -f packaging/Dockerfile \
+		--build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
+	@. ../shared/tools/container-env && echo "image: $(IMAGE):$(VERSION) $$(podman image inspect --format '{{.Size}}' $(IMAGE):$(VERSION) | numfmt --to=si)B"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

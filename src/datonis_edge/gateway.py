@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .adapters import REGISTRY, Adapter, ReadingSink, Rejected
+from .adapters import Adapter, ReadingSink, Rejected, adapter_class
 from .config import Config
 from .forwarder import Backoff, Forwarder
 from .serving import PortError
@@ -47,7 +47,7 @@ class Gateway:
         self.adapters: list[Adapter] = []
         for svc in config.services:
             if svc.enabled:
-                cls = REGISTRY[svc.type]
+                cls = adapter_class(svc.type)
                 self.adapters.append(
                     cls(svc, self._sink_for(ThingMap(svc.things)), workdir=datadir)
                 )

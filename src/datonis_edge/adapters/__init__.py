@@ -1,20 +1,24 @@
-"""Southbound adapters, one module per protocol; `REGISTRY` maps a service type to its class."""
+"""Southbound adapters, one module per protocol; `adapter_class` maps a service type to its
+class. Modules are imported on first use: a gateway without OPC UA never loads asyncua."""
 
 from __future__ import annotations
 
-from .base import Adapter, ReadingSink, Rejected, reading
-from .http_listener import HttpListenerAdapter
-from .modbus_tcp import ModbusTcpAdapter
-from .mqtt_listener import MqttListenerAdapter
-from .opcua import OpcUaAdapter
-from .simulator import SimulatorAdapter
+from importlib import import_module
 
-REGISTRY: dict[str, type[Adapter]] = {
-    "simulator": SimulatorAdapter,
-    "http_listener": HttpListenerAdapter,
-    "mqtt_listener": MqttListenerAdapter,
-    "modbus_tcp": ModbusTcpAdapter,
-    "opcua": OpcUaAdapter,
+from .base import Adapter, ReadingSink, Rejected, reading
+
+REGISTRY: dict[str, str] = {
+    "simulator": "simulator:SimulatorAdapter",
+    "http_listener": "http_listener:HttpListenerAdapter",
+    "mqtt_listener": "mqtt_listener:MqttListenerAdapter",
+    "modbus_tcp": "modbus_tcp:ModbusTcpAdapter",
+    "opcua": "opcua:OpcUaAdapter",
 }
 
-__all__ = ["REGISTRY", "Adapter", "ReadingSink", "Rejected", "reading"]
+
+def adapter_class(service_type: str) -> type[Adapter]:
+    module, name = REGISTRY[service_type].split(":")
+    return getattr(import_module(f"{__name__}.{module}"), name)
+
+
+__all__ = ["REGISTRY", "Adapter", "ReadingSink", "Rejected", "adapter_class", "reading"]
