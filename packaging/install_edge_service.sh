@@ -73,18 +73,26 @@ if [ ! -d "$datadir" ]; then
     chown "$user:$user" "$datadir"
 fi
 probe="$datadir/.install-write-test.$$"
-if ! su -s /bin/sh "$user" -c "touch '$probe' && rm -f '$probe'" 2>/dev/null; then
+writable() { su -s /bin/sh "$user" -c "touch '$probe' && rm -f '$probe'" 2>/dev/null; }
+if ! writable && [ -z "$(ls -A "$datadir")" ]; then
+    say "giving the empty data directory $datadir to $user"
+    chown "$user:$user" "$datadir" || true
+fi
+if ! writable; then
     die "the data directory $datadir is not writable by user $user; on a shared mount give $user (uid $(id -u "$user")) write access on every node"
 fi
 
 target="$prefix/$version"
 say "installing datonis-edge $version into $target (offline, from the bundle's wheels)"
 mkdir -p "$prefix"
-if [ ! -x "$target/bin/datonis-edge" ]; then
-    rm -rf "$target.partial"
-    python3 -m venv "$target.partial"
-    "$target.partial/bin/pip" install --quiet --no-index --find-links "$here/wheels" "datonis-edge==$version"
-    mv "$target.partial" "$target"
+# a venv cannot be moved (its scripts name their interpreter by path): build it in place and
+# mark it complete only at the end, so an interrupted run is redone from scratch
+if [ ! -f "$target/.complete" ]; then
+    rm -rf "$target"
+    python3 -m venv "$target"
+    "$target/bin/pip" install --quiet --no-index --find-links "$here/wheels" "datonis-edge==$version" \
+        || { rm -rf "$target"; die "installing the wheels failed (see above); nothing was switched"; }
+    touch "$target/.complete"
 fi
 "$target/bin/datonis-edge" version >/dev/null || die "the installed gateway does not start: $target/bin/datonis-edge version failed"
 ln -sfn "$target" "$prefix/current.new" && mv -T "$prefix/current.new" "$prefix/current"
@@ -93,7 +101,7 @@ say "$prefix/current -> $target"
 
 if [ -n "$config" ]; then
     "$target/bin/datonis-edge" config validate "$config" || die "the config $config is not valid (see above); nothing was changed in $datadir"
-    mkdir -p "$datadir/config"
+    install -d -o "$user" -g "$user" "$datadir/config"
     install -m 0640 -o "$user" -g "$user" "$config" "$datadir/config/edge.yaml"
     say "imported $config into $datadir/config/edge.yaml"
 fi

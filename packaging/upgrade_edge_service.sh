@@ -44,11 +44,14 @@ if [ "$old" = "$target" ]; then
     exit 0
 fi
 say "upgrading datonis-edge $old_version -> $version"
-if [ ! -x "$target/bin/datonis-edge" ]; then
-    rm -rf "$target.partial"
-    python3 -m venv "$target.partial"
-    "$target.partial/bin/pip" install --quiet --no-index --find-links "$here/wheels" "datonis-edge==$version"
-    mv "$target.partial" "$target"
+# a venv cannot be moved (its scripts name their interpreter by path): build it in place and
+# mark it complete only at the end, so an interrupted run is redone from scratch
+if [ ! -f "$target/.complete" ]; then
+    rm -rf "$target"
+    python3 -m venv "$target"
+    "$target/bin/pip" install --quiet --no-index --find-links "$here/wheels" "datonis-edge==$version" \
+        || { rm -rf "$target"; die "installing the wheels failed (see above); nothing was switched"; }
+    touch "$target/.complete"
 fi
 "$target/bin/datonis-edge" version >/dev/null || die "the new version does not start ($target/bin/datonis-edge version failed); still on $old_version"
 mkdir -p "$target/docs" && cp -r "$here"/docs/. "$target/docs/" 2>/dev/null || true
