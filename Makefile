@@ -62,7 +62,7 @@ image: wheelhouse
 	../shared/tools/debian-base-image
 	. ../shared/tools/container-env && podman build --pull=never --format docker -q -f packaging/Dockerfile \
 		--build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
-	@. ../shared/tools/container-env && echo "image: $(IMAGE):$(VERSION) $$(podman image inspect --format '{{.Size}}' $(IMAGE):$(VERSION) | numfmt --to=si)B"
+	@. ../shared/tools/container-env && podman image prune -f > /dev/null && echo "image: $(IMAGE):$(VERSION) $$(podman image inspect --format '{{.Size}}' $(IMAGE):$(VERSION) | numfmt --to=si)B"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
