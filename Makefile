@@ -50,7 +50,7 @@ dist: wheelhouse
 	mkdir -p $(BUNDLE)/wheels $(BUNDLE)/docs
 	cp build/wheelhouse/*.whl $(BUNDLE)/wheels/
 	rm -f $(BUNDLE)/wheels/setuptools-*.whl $(BUNDLE)/wheels/wheel-*.whl
-	cp packaging/install_edge_service.sh packaging/upgrade_edge_service.sh packaging/datonis-edge.service $(BUNDLE)/
+	cp packaging/install_edge_service.sh packaging/upgrade_edge_service.sh packaging/edge_lib.sh packaging/datonis-edge.service $(BUNDLE)/
 	cp docs/*.md $(BUNDLE)/docs/
 	echo $(VERSION) > $(BUNDLE)/VERSION
 	tar -C dist -czf $(BUNDLE).tar.gz datonis-edge-$(VERSION)

@@ -22,6 +22,8 @@ unit_dir=${DATONIS_EDGE_UNIT_DIR:-/etc/systemd/system}
 
 say() { echo "install_edge_service: $*"; }
 die() { echo "install_edge_service: error: $*" >&2; exit 1; }
+[ -f "$here/edge_lib.sh" ] || die "this script must run from an unpacked release bundle (edge_lib.sh is missing beside it)"
+. "$here/edge_lib.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -85,17 +87,8 @@ fi
 target="$prefix/$version"
 say "installing datonis-edge $version into $target (offline, from the bundle's wheels)"
 mkdir -p "$prefix"
-# a venv cannot be moved (its scripts name their interpreter by path): build it in place and
-# mark it complete only at the end, so an interrupted run is redone from scratch
-if [ ! -f "$target/.complete" ]; then
-    rm -rf "$target"
-    python3 -m venv "$target"
-    "$target/bin/pip" install --quiet --no-index --find-links "$here/wheels" "datonis-edge==$version" \
-        || { rm -rf "$target"; die "installing the wheels failed (see above); nothing was switched"; }
-    touch "$target/.complete"
-fi
-"$target/bin/datonis-edge" version >/dev/null || die "the installed gateway does not start: $target/bin/datonis-edge version failed"
-ln -sfn "$target" "$prefix/current.new" && mv -T "$prefix/current.new" "$prefix/current"
+install_version "$target" "$version" "$here/wheels"
+switch_current "$prefix" "$target"
 mkdir -p "$prefix/current/docs" && cp -r "$here"/docs/. "$prefix/current/docs/" 2>/dev/null || true
 say "$prefix/current -> $target"
 

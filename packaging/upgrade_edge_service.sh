@@ -18,6 +18,8 @@ health_timeout=60
 
 say() { echo "upgrade_edge_service: $*"; }
 die() { echo "upgrade_edge_service: error: $*" >&2; exit 1; }
+[ -f "$here/edge_lib.sh" ] || die "this script must run from an unpacked release bundle (edge_lib.sh is missing beside it)"
+. "$here/edge_lib.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,19 +46,9 @@ if [ "$old" = "$target" ]; then
     exit 0
 fi
 say "upgrading datonis-edge $old_version -> $version"
-# a venv cannot be moved (its scripts name their interpreter by path): build it in place and
-# mark it complete only at the end, so an interrupted run is redone from scratch
-if [ ! -f "$target/.complete" ]; then
-    rm -rf "$target"
-    python3 -m venv "$target"
-    "$target/bin/pip" install --quiet --no-index --find-links "$here/wheels" "datonis-edge==$version" \
-        || { rm -rf "$target"; die "installing the wheels failed (see above); nothing was switched"; }
-    touch "$target/.complete"
-fi
-"$target/bin/datonis-edge" version >/dev/null || die "the new version does not start ($target/bin/datonis-edge version failed); still on $old_version"
+install_version "$target" "$version" "$here/wheels"
 mkdir -p "$target/docs" && cp -r "$here"/docs/. "$target/docs/" 2>/dev/null || true
 
-switch_to() { ln -sfn "$1" "$prefix/current.new" && mv -T "$prefix/current.new" "$prefix/current"; }
 healthy() {
     python3 - "$http_port" "$health_timeout" <<'PY'
 import sys, time, urllib.request
@@ -74,7 +66,7 @@ sys.exit(1)
 PY
 }
 
-switch_to "$target"
+switch_current "$prefix" "$target"
 say "$prefix/current -> $target"
 if [ $restart = 0 ] || [ ! -d /run/systemd/system ]; then
     say "not restarting (--no-restart or no systemd): restart the gateway to run $version; $old_version stays in $old for a rollback"
@@ -86,7 +78,7 @@ if healthy; then
     say "datonis-edge $version is healthy on port $http_port; $old_version kept in $old (remove it when satisfied)"
 else
     say "datonis-edge $version did not become healthy within ${health_timeout}s: rolling back to $old_version"
-    switch_to "$old"
+    switch_current "$prefix" "$old"
     systemctl restart datonis-edge.service
     healthy || die "the rollback to $old_version is not healthy either; see journalctl -u datonis-edge"
     die "upgrade failed and was rolled back to $old_version; see journalctl -u datonis-edge"

@@ -97,8 +97,14 @@ class Proc:
 
 
 class PlatformSim:
-    def __init__(self, tmp: Path, access_key: str = "test-ak", secret_key: str = "test-sk") -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        tmp: Path,
+        access_key: str = "test-ak",
+        secret_key: str = "test-sk",
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.access_key, self.secret_key = access_key, secret_key
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = Proc(

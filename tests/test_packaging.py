@@ -186,10 +186,7 @@ def test_two_containers_on_one_data_directory_fail_over(
 
 def test_upgrade_is_a_new_image_on_the_same_mount(image, podman, tmp_path: Path) -> None:
     sim_port = free_port()
-    sim = PlatformSim(tmp_path, "good-ak", "good-sk")
-    sim.port, sim.url = sim_port, f"http://127.0.0.1:{sim_port}"
-    sim.proc.args[sim.proc.args.index("--port") + 1] = str(sim_port)
-    sim.http = httpx.Client(base_url=sim.url, timeout=10)
+    sim = PlatformSim(tmp_path, "good-ak", "good-sk", port=sim_port)
     listener = free_port()
     config = base_config(sim, bulk_max_elements=10)
     config["services"] = [
@@ -233,11 +230,7 @@ def test_upgrade_is_a_new_image_on_the_same_mount(image, podman, tmp_path: Path)
         assert b.status()["outbox"]["pending"] == 10
         assert b.status()["declined_batches"] == 1
         assert (datadir / "config" / "edge.yaml").read_text() == yaml.safe_dump(config)
-        sim2 = PlatformSim(tmp_path, "good-ak", "good-sk")
-        sim2.port, sim2.url = sim_port, f"http://127.0.0.1:{sim_port}"
-        sim2.proc.args[sim2.proc.args.index("--port") + 1] = str(sim_port)
-        sim2.http = httpx.Client(base_url=sim2.url, timeout=10)
-        sim2.start()
+        sim2 = PlatformSim(tmp_path, "good-ak", "good-sk", port=sim_port).start()
         try:
             wait_until(
                 lambda: sorted(e["data"]["seq"] for e in sim2.events()) == list(range(10, 20)),

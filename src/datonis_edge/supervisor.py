@@ -142,6 +142,7 @@ class Supervisor:
         self.gateway = Gateway(self.datadir, self.config, self.epoch, self.alerts)
         await self.gateway.start()
         self.role = "master"
+        await asyncio.to_thread(self._write_master)  # now with the outbox depth
         log.info(
             "master: epoch %d, pipeline started %.0f ms after taking the lock",
             self.epoch,

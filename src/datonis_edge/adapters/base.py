@@ -8,8 +8,10 @@ Adding a protocol is one module with one `Adapter` subclass and one line in `REG
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +38,19 @@ class Rejected(Exception):
 
 
 ReadingSink = Callable[[list[Reading]], Awaitable[int]]
+
+
+async def ticks(interval_s: float) -> AsyncIterator[None]:
+    """Once per interval on a fixed schedule (no drift); an overrun skips the missed ticks
+    rather than bursting to catch up."""
+    next_at = time.monotonic()
+    while True:
+        yield
+        next_at += interval_s
+        delay = next_at - time.monotonic()
+        if delay < 0:
+            next_at, delay = time.monotonic(), 0.0
+        await asyncio.sleep(delay)
 
 
 class Adapter(ABC):

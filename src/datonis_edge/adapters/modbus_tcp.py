@@ -20,7 +20,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from ..config import ModbusDevice, ModbusTcpService
-from .base import Adapter, ReadingSink, Rejected, reading
+from .base import Adapter, ReadingSink, Rejected, reading, ticks
 from .modbus_codec import ReadGroup, TagSpec, plan_reads
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we report device errors ourselves
@@ -165,11 +165,9 @@ class ModbusTcpAdapter(Adapter):
         return out
 
     async def run(self) -> None:
-        interval = self.config.scan_interval_ms / 1000
-        next_at = time.monotonic()
         self.status.state = "running"
         try:
-            while True:
+            async for _ in ticks(self.config.scan_interval_ms / 1000):
                 readings = await self.scan()
                 down = [d.config.name for d in self.devices if not d.state["connected"]]
                 if down:
@@ -183,12 +181,6 @@ class ModbusTcpAdapter(Adapter):
                     except Rejected as exc:
                         self.status.count("rejected", len(readings))
                         self.status.error(exc.reason)
-                next_at += interval
-                delay = next_at - time.monotonic()
-                if delay < 0:
-                    next_at = time.monotonic()
-                    delay = 0
-                await asyncio.sleep(delay)
         finally:
             for d in self.devices:
                 with contextlib.suppress(Exception):

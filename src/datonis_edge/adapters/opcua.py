@@ -24,7 +24,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..config import OpcUaService
-from .base import Adapter, ReadingSink, Rejected, reading
+from .base import Adapter, ReadingSink, Rejected, reading, ticks
 
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # we report server errors ourselves
 
@@ -192,9 +192,7 @@ class OpcUaAdapter(Adapter):
         self.status.details["mode_in_use"] = "polling"
         self.status.ok("connected")
         self._ready.set()
-        interval = self.config.scan_interval_ms / 1000
-        next_at = time.monotonic()
-        while True:
+        async for _ in ticks(self.config.scan_interval_ms / 1000):
             dvs = await asyncio.wait_for(
                 client.read_attributes(nodes), self.config.timeout_ms / 1000
             )
@@ -208,10 +206,6 @@ class OpcUaAdapter(Adapter):
                 if dv.StatusCode is None or dv.StatusCode.is_good()
             ]
             await self._store(items)
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            if next_at < time.monotonic():
-                next_at = time.monotonic()
 
     async def _store(self, items: list[tuple[str, Any, int]]) -> None:
         """One reading per thing and timestamp, from the tag values that changed."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
 from ..config import SimulatorService
 from ..waveforms import Waveform, parse_tag
-from .base import Adapter, ReadingSink, Rejected, reading
+from .base import Adapter, ReadingSink, Rejected, reading, ticks
 
 
 class SimulatorAdapter(Adapter):
@@ -32,10 +31,8 @@ class SimulatorAdapter(Adapter):
         ]
 
     async def run(self) -> None:
-        interval = self.config.scan_interval_ms / 1000
-        next_at = time.monotonic()
         self.status.state = "running"
-        while True:
+        async for _ in ticks(self.config.scan_interval_ms / 1000):
             readings = self.scan(time.time())
             try:
                 await self.sink(readings)
@@ -44,9 +41,3 @@ class SimulatorAdapter(Adapter):
             except Rejected as exc:
                 self.status.count("rejected", len(readings))
                 self.status.error(exc.reason, "running")
-            next_at += interval
-            delay = next_at - time.monotonic()
-            if delay < 0:  # overran: skip the missed scans rather than bursting
-                next_at = time.monotonic()
-                delay = 0
-            await asyncio.sleep(delay)

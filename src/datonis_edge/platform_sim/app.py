@@ -137,6 +137,20 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
             return body, _json(401, {"status": "error", "reason": "signature mismatch"})
         return body, None
 
+    async def admit(request: Request) -> tuple[Any, Response | None]:
+        """What every platform endpoint does first: a queued fault, the HMAC check, the JSON."""
+        fault = await apply_fault(request.url.path)
+        if fault is not None:
+            return None, fault
+        body, denied = await authenticate(request)
+        if denied is not None:
+            return None, denied
+        try:
+            return orjson.loads(body), None
+        except orjson.JSONDecodeError:
+            count(422)
+            return None, _json(422, {"status": "error", "reason": "body is not JSON"})
+
     async def event(request: Request) -> Response:
         response = await _event(request)
         state.request_log.append(
@@ -154,17 +168,9 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
 
     async def _event(request: Request) -> Response:
         state.requests += 1
-        fault = await apply_fault(request.url.path)
-        if fault is not None:
-            return fault
-        body, denied = await authenticate(request)
-        if denied is not None:
-            return denied
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            count(422)
-            return _json(422, {"status": "error", "reason": "body is not JSON"})
+        payload, refused = await admit(request)
+        if refused is not None:
+            return refused
         if isinstance(payload, dict) and "events" in payload:
             events = payload["events"]
             if not isinstance(events, list) or not events:
@@ -209,28 +215,16 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
         return _json(200, {"status": "ok", "accepted": len(events)})
 
     async def heartbeat(request: Request) -> Response:
-        fault = await apply_fault(request.url.path)
-        if fault is not None:
-            return fault
-        body, denied = await authenticate(request)
-        if denied is not None:
-            return denied
-        state.heartbeats.append(
-            {"body": orjson.loads(body), "received_ms": int(time.time() * 1000)}
-        )
+        obj, refused = await admit(request)
+        if refused is not None:
+            return refused
+        state.heartbeats.append({"body": obj, "received_ms": int(time.time() * 1000)})
         return _json(200, {"status": "ok"})
 
     async def alert(request: Request) -> Response:
-        fault = await apply_fault(request.url.path)
-        if fault is not None:
-            return fault
-        body, denied = await authenticate(request)
-        if denied is not None:
-            return denied
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return _json(422, {"status": "error", "reason": "body is not JSON"})
+        obj, refused = await admit(request)
+        if refused is not None:
+            return refused
         if not isinstance(obj, dict) or not isinstance(obj.get("message"), str):
             return _json(422, {"status": "error", "reason": "message: required"})
         state.alerts.append({**obj, "received_ms": int(time.time() * 1000)})
