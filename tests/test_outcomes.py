@@ -178,3 +178,39 @@ def test_http_listener_checks_signatures_when_keys_are_configured(
     assert bad.status_code == 401 and "X-Dtn-Signature" in bad.json()["reason"]
     assert httpx.post(url, content=body).status_code == 401
     wait_until(lambda: len(platform.events()) == 1, what="the signed event delivered")
+
+
+def test_bodies_in_every_shape_arrive_exactly_as_sent(platform, gateway_factory) -> None:
+    """The listener stores a body's own bytes when it can: pretty-printed, unicode, extra keys
+    and missing timestamps must all come out at the platform as the events that were sent."""
+    import json
+
+    config, url = _listener_config(platform, bulk_max_elements=100)
+    gateway_factory(config).start()
+    e1 = {
+        "thing_key": "presse-ü",
+        "timestamp": 1_700_000_000_001,
+        "data": {"name": "Kühlung ❄", "v": 1.5},
+    }
+    e2 = {"thing_key": "m2", "timestamp": 1_700_000_000_002, "data": {"ok": True, "n": None}}
+    e3 = {"thing_key": "m3", "data": {"v": 3}}  # no timestamp: the edge stamps it
+    bodies = [
+        json.dumps({"events": [e1, e2]}, indent=2, ensure_ascii=False).encode(),  # stored as sent
+        b"\n  " + json.dumps(e1).encode() + b"  \n",  # a single event
+        json.dumps(
+            {"events": [e2], "note": "extra key"}
+        ).encode(),  # not only events: re-serialized
+        json.dumps({"events": [e3]}).encode(),  # completed: re-serialized
+    ]
+    for body in bodies:
+        r = httpx.post(url, content=body)
+        assert r.status_code == 200, r.text
+    got = wait_until(lambda: (e := platform.events()) and len(e) == 5 and e, what="5 events")
+    sent = [e1, e2, e1, e2]
+    for want, have in zip(sent, got[:4], strict=True):
+        assert {k: have[k] for k in ("thing_key", "timestamp", "data")} == want
+    assert (
+        got[4]["thing_key"] == "m3"
+        and got[4]["data"] == {"v": 3}
+        and got[4]["timestamp"] > 1_700_000_000_000
+    )

@@ -60,12 +60,15 @@ class Gateway:
     def _sink_for(self, things: ThingMap) -> ReadingSink:
         outbox = self.outbox
 
-        async def sink(readings: list[dict[str, Any]]) -> int:
+        async def sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
             events = things.apply(readings)
             if not events:
                 return 0
             try:
-                await outbox.append(events)
+                if raw is not None and events is readings:  # passed through unchanged
+                    await outbox.append_raw(raw, len(events))
+                else:
+                    await outbox.append(events)
             except OutboxFull as exc:
                 raise Rejected(str(exc)) from None
             except OutboxClosed:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from ..status import PartStatus
 
@@ -37,7 +37,11 @@ class Rejected(Exception):
         self.retryable = retryable
 
 
-ReadingSink = Callable[[list[Reading]], Awaitable[int]]
+class ReadingSink(Protocol):
+    """Stores readings; returns once they are durable, raises Rejected if they were not.
+    `raw`, when given, is the readings already as a JSON array (a listener's own bytes)."""
+
+    def __call__(self, readings: list[Reading], raw: bytes | None = None) -> Awaitable[int]: ...
 
 
 async def ticks(interval_s: float) -> AsyncIterator[None]:

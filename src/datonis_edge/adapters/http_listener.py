@@ -36,8 +36,9 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-def validate_events(payload: Any, now_ms: int) -> list[dict[str, Any]]:
-    """The events of a Datonis event body, each checked; raises BadRequest(422) naming the first fault."""
+def validate_events(payload: Any, now_ms: int) -> tuple[list[dict[str, Any]], bool]:
+    """The events of a Datonis event body, each checked, and whether any had to be completed
+    (a missing timestamp becomes `now_ms`); raises BadRequest(422) naming the first fault."""
     if isinstance(payload, dict) and "events" in payload:
         events = payload["events"]
         if not isinstance(events, list):
@@ -50,6 +51,7 @@ def validate_events(payload: Any, now_ms: int) -> list[dict[str, Any]]:
         raise BadRequest(422, 'the body must be a JSON object: one event or {"events": [...]}')
     if not events:
         raise BadRequest(422, "'events' is empty")
+    completed = False
     for i, ev in enumerate(events):
         if type(ev) is not dict:
             raise BadRequest(422, f"{_where(bulk, i)}: must be an object")
@@ -69,7 +71,19 @@ def validate_events(payload: Any, now_ms: int) -> list[dict[str, Any]]:
             raise BadRequest(
                 422, f"{_where(bulk, i)}.timestamp: must be epoch milliseconds (a number)"
             )
-    return events
+        completed = True
+    return events, completed
+
+
+def _events_json(body: bytes, payload: Any, events: list[dict[str, Any]]) -> bytes | None:
+    """The events as a JSON array cut from the body itself, when the body holds exactly them
+    unchanged: the outbox then stores the client's bytes without serializing them again."""
+    if payload is events[0]:  # one event: the body is that object
+        return b"[" + body.strip() + b"]"
+    if len(payload) != 1:  # other keys beside "events"
+        return None
+    # {"events": [...]} and nothing else: the first "[" opens the array, the last "]" closes it
+    return body[body.index(b"[") : body.rindex(b"]") + 1]
 
 
 def _where(bulk: bool, i: int) -> str:
@@ -147,13 +161,13 @@ class HttpListenerAdapter(Adapter):
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise BadRequest(400, f"the body is not valid JSON ({exc})") from None
-            events = validate_events(payload, int(time.time() * 1000))
+            events, completed = validate_events(payload, int(time.time() * 1000))
         except BadRequest as exc:
             self.status.count("bad_requests")
             self.status.error(f"{exc.status}: {exc.reason}")
             return exc.status, _err(exc.reason), []
         try:
-            await self.sink(events)
+            await self.sink(events, raw=None if completed else _events_json(body, payload, events))
         except Rejected as exc:
             self.status.count("rejected", len(events))
             self.status.error(exc.reason)

@@ -328,11 +328,15 @@ class Outbox:
         Raises OutboxFull when the cap and the policy leave no room (counted as rejected)."""
         if not events:
             return 0
+        return await self.append_raw(orjson.dumps(events), len(events))
+
+    async def append_raw(self, payload: bytes, n: int) -> int:
+        """As append, for `n` events already serialized as one JSON array (`[...]`)."""
         if self._closed:
             raise OutboxClosed("the outbox is closed")
         loop = asyncio.get_running_loop()
         op = _Op(_no_fn, loop.create_future(), loop)
-        op.append = (orjson.dumps(events), len(events))
+        op.append = (payload, n)
         self._queue.put(op)
         result = await op.future  # type: ignore[misc]
         if isinstance(result, OutboxFull):
