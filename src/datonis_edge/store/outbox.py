@@ -16,10 +16,8 @@ outbox is (segment id, index inside the segment).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -30,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from .group_commit import GroupCommitThread, Op
 
 log = logging.getLogger(__name__)
 
@@ -77,39 +77,6 @@ class ReadResult:
     nbytes: int
 
 
-class _Op:
-    __slots__ = ("append", "done", "error", "fn", "future", "loop", "result")
-
-    def __init__(
-        self,
-        fn: Callable[[sqlite3.Connection], Any],
-        future: asyncio.Future[Any] | None,
-        loop: asyncio.AbstractEventLoop | None,
-    ) -> None:
-        self.fn = fn
-        self.future = future
-        self.loop = loop
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done: threading.Event | None = None  # for callers without an event loop
-        self.append: tuple[bytes, int] | None = None  # (JSON array payload, event count)
-
-
-def _no_fn(conn: sqlite3.Connection) -> None:
-    return None
-
-
-def _resolve(ops: list[_Op]) -> None:
-    for op in ops:
-        fut = op.future
-        if fut is None or fut.done():
-            continue
-        if op.error is not None:
-            fut.set_exception(op.error)
-        else:
-            fut.set_result(op.result)
-
-
 class Outbox:
     def __init__(
         self,
@@ -123,9 +90,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self.policy = policy
         self.on_evict = on_evict
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._writer = GroupCommitThread(
+            "outbox-writer", self._run_ops, self._snapshot, self._restore
+        )
         self._pending = 0
         self._bytes = 0
         self._segments = 0
@@ -135,7 +102,6 @@ class Outbox:
         self._cache_lock = threading.Lock()
         self._inflight_seg = 0  # segments at or below this id are being sent; never evicted
         self._closed = True
-        self.commits = 0
         self.appends = 0
         self.changed: asyncio.Event | None = None  # set whenever events were appended
 
@@ -144,30 +110,9 @@ class Outbox:
     def open(self) -> None:
         """Open (creating if needed) and recover. Blocks; call once, from the master only."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                self._conn = self._connect()
-                self._recover(self._conn)
-            except BaseException as exc:  # reported to open()'s caller
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self._loop_ops()
-
-        self._thread = threading.Thread(target=run, name="outbox-writer", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            raise failure[0]
+        self._writer.start(self._connect)
         self._closed = False
-        try:
-            self.changed = asyncio.Event()
-        except RuntimeError:
-            self.changed = None
+        self.changed = asyncio.Event()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -180,6 +125,7 @@ class Outbox:
         conn.executescript(_SCHEMA)
         for name in COUNTERS:
             conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
+        self._recover(conn)
         return conn
 
     def _recover(self, conn: sqlite3.Connection) -> None:
@@ -197,42 +143,21 @@ class Outbox:
         )
 
     def close(self) -> None:
-        if self._thread is None:
-            return
         self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-        self._thread = None
+        self._writer.stop()
 
-    # ---------------------------------------------------------------- writer thread
+    @property
+    def commits(self) -> int:
+        return self._writer.commits
 
-    def _loop_ops(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            ops = [first]
-            while len(ops) < 10_000:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                ops.append(nxt)
-            self._run_group(conn, ops)
-        conn.close()
+    # ---------------------------------------------------------------- in the writer thread
 
-    def _run_ops(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    def _run_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
         """Run ops in order inside the open transaction; consecutive appends become one row."""
         i = 0
         while i < len(ops):
             if ops[i].append is None:
-                ops[i].result = ops[i].fn(conn)
+                ops[i].result = ops[i].fn(conn)  # type: ignore[misc]
                 i += 1
                 continue
             j = i
@@ -241,41 +166,6 @@ class Outbox:
             self._append_run(conn, ops[i:j])
             i = j
         self._flush_counters(conn)
-
-    def _run_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
-        snapshot = self._snapshot()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            self._run_ops(conn, ops)
-            conn.execute("COMMIT")
-            self.commits += 1
-        except BaseException:
-            # One bad op must not fail its neighbours: undo, then run each on its own.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._restore(snapshot)
-            for op in ops:
-                op.result, op.error = None, None
-                snap = self._snapshot()
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    self._run_ops(conn, [op])
-                    conn.execute("COMMIT")
-                    self.commits += 1
-                except BaseException as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    self._restore(snap)
-                    op.error = exc
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
-        for op in ops:
-            if op.done is not None:
-                op.done.set()
-            if op.loop is not None:
-                by_loop.setdefault(op.loop, []).append(op)
-        for loop, group in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, group)
 
     def _snapshot(self) -> tuple[int, int, int, dict[str, int]]:
         return self._pending, self._bytes, self._segments, dict(self._counters)
@@ -303,22 +193,12 @@ class Outbox:
     async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._closed:
             raise OutboxClosed("the outbox is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Op(fn, fut, loop))
-        return await fut
+        return await self._writer.submit(Op(fn))
 
     def _submit_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """For callers without an event loop (the CLI); waits for the commit."""
         if self._closed:
             raise OutboxClosed("the outbox is closed")
-        op = _Op(fn, None, None)
-        op.done = threading.Event()
-        self._queue.put(op)
-        op.done.wait()
-        if op.error is not None:
-            raise op.error
-        return op.result
+        return self._writer.submit_sync(Op(fn))
 
     # ---------------------------------------------------------------- append
 
@@ -334,11 +214,7 @@ class Outbox:
         """As append, for `n` events already serialized as one JSON array (`[...]`)."""
         if self._closed:
             raise OutboxClosed("the outbox is closed")
-        loop = asyncio.get_running_loop()
-        op = _Op(_no_fn, loop.create_future(), loop)
-        op.append = (payload, n)
-        self._queue.put(op)
-        result = await op.future  # type: ignore[misc]
+        result = await self._writer.submit(Op(None, append=(payload, n)))
         if isinstance(result, OutboxFull):
             raise result
         if self.changed is not None:
@@ -350,21 +226,15 @@ class Outbox:
             return 0
         if self._closed:
             raise OutboxClosed("the outbox is closed")
-        op = _Op(_no_fn, None, None)
-        op.append = (orjson.dumps(events), len(events))
-        op.done = threading.Event()
-        self._queue.put(op)
-        op.done.wait()
-        if op.error is not None:
-            raise op.error
-        if isinstance(op.result, OutboxFull):
-            raise op.result
-        return op.result
+        result = self._writer.submit_sync(Op(None, append=(orjson.dumps(events), len(events))))
+        if isinstance(result, OutboxFull):
+            raise result
+        return result
 
-    def _append_run(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    def _append_run(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
         """Store consecutive appends as one segment; a refusal is a result, not an exception,
         so that its count commits with the group."""
-        kept: list[_Op] = []
+        kept: list[Op] = []
         adding = 0
         for op in ops:
             payload, n = op.append  # type: ignore[misc]
@@ -549,6 +419,3 @@ class Outbox:
             commits=self.commits,
             appends=self.appends,
         )
-
-    def bump_declined_sync(self, count: int) -> None:
-        self._submit_sync(lambda conn: self._bump(conn, "declined", count))
