@@ -3,6 +3,8 @@ End to end on a thing fed by the simulator, and unit cases on ThingMap."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from datonis_edge.config import ThingConfig
@@ -117,3 +119,26 @@ def test_expressions_and_diff_on_a_simulator_thing_reach_the_platform(
     assert [e["data"]["strokes"] for e in events[:6]] == [0, 5, 10, 15, 20, 25]
     assert [e["data"]["strokes_per_scan"] for e in events[:6]] == [0, 5, 5, 5, 5, 5]
     assert [("mode" in e["data"]) for e in events[:6]] == [True, False, False, False, False, False]
+
+
+def test_send_interval_on_a_polled_adapter_sends_one_event_per_interval(
+    platform, gateway_factory
+) -> None:
+    config = base_config(platform)
+    config["services"] = [
+        {
+            "name": "line",
+            "type": "simulator",
+            "scan_interval_ms": 50,
+            "send_interval_ms": 500,
+            "things": [
+                {"thing_key": "press-1", "metrics": [{"name": "n", "tag": "counter(0, 1)"}]}
+            ],
+        }
+    ]
+    gateway_factory(config).start()
+    events = wait_until(lambda: (e := platform.events()) and len(e) >= 3 and e, what="3 events")
+    gaps = [b["timestamp"] - a["timestamp"] for a, b in itertools.pairwise(events)]
+    assert all(gap >= 450 for gap in gaps[:2]), gaps  # not one per 50 ms scan
+    ns = [e["data"]["n"] for e in events[:3]]
+    assert ns[1] - ns[0] >= 3  # each carries the latest value of several scans (~10)

@@ -47,10 +47,9 @@ class Gateway:
         self.adapters: list[Adapter] = []
         for svc in config.services:
             if svc.enabled:
+                things = ThingMap(svc.things, svc.send_interval_ms)
                 cls = adapter_class(svc.type)
-                self.adapters.append(
-                    cls(svc, self._sink_for(ThingMap(svc.things)), workdir=datadir)
-                )
+                self.adapters.append(cls(svc, self._sink_for(things), workdir=datadir))
         self._tasks: list[asyncio.Task[Any]] = []
         self._alert_queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=1000)
         self.started_ms = 0
