@@ -159,3 +159,36 @@ def _port() -> int:
     from helpers import free_port
 
     return free_port()
+
+
+def test_csv_replay_and_heartbeats(platform, gateway_factory, tmp_path: Path) -> None:
+    csv_file = tmp_path / "shift.csv"
+    csv_file.write_text("time,speed,state\n0,10.5,run\n1,11,run\n2,0,stop\n")
+    config = base_config(platform, heartbeat_interval_ms=200)
+    config["services"] = [
+        {
+            "name": "replay",
+            "type": "simulator",
+            "scan_interval_ms": 50,
+            "things": [
+                {
+                    "thing_key": "line-2",
+                    "metrics": [
+                        {"name": "speed", "tag": f"csv({csv_file}, speed)"},
+                        {"name": "state", "tag": f"csv({csv_file}, state)"},
+                    ],
+                }
+            ],
+        }
+    ]
+    gateway_factory(config).start()
+    events = wait_until(lambda: (e := platform.events()) and len(e) >= 6 and e, what="6 events")
+    assert [(e["data"]["speed"], e["data"]["state"]) for e in events[:6]] == [
+        (10.5, "run"),
+        (11.0, "run"),
+        (0.0, "stop"),
+        (10.5, "run"),
+        (11.0, "run"),
+        (0.0, "stop"),
+    ]  # the rows in order, looping
+    wait_until(lambda: platform.stats()["heartbeats"] >= 2, what="signed heartbeats accepted")
