@@ -71,7 +71,6 @@ class Forwarder:
         self.retry_backoff = Backoff(0.5, cap)
         self.keys_backoff = Backoff(1.0, cap)
         self.keys_suspect = False
-        self.batches = 0
         self._last_send = 0.0
         self._stopping = False
         self._acks: set[asyncio.Future[None]] = set()
@@ -170,7 +169,6 @@ class Forwarder:
     async def _settle(self, batch: Batch, outcome: Outcome) -> None:
         if outcome.kind is OutcomeKind.DELIVERED:
             self._ack_soon(batch, "delivered")
-            self.batches += 1
             self.retry_backoff.reset()
             if self.keys_suspect:
                 self.keys_suspect = False

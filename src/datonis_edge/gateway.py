@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,6 @@ class Gateway:
                 self.adapters.append(cls(svc, self._sink_for(things), workdir=datadir))
         self._tasks: list[asyncio.Task[Any]] = []
         self._alert_queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=1000)
-        self.started_ms = 0
 
     # ------------------------------------------------------------------ wiring
 
@@ -98,7 +96,6 @@ class Gateway:
         self.declined.ensure()
         await self.uplink.start()
         self.alerts.listeners.append(self._on_alert)
-        self.started_ms = int(time.time() * 1000)
         self._spawn(self.forwarder.run(), "forwarder")
         for adapter in self.adapters:
             self._spawn(self._keep_running(adapter), f"adapter {adapter.status.name}")

@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-
-Value = float | int | str | bool | None
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(slots=True)
-class Event:
-    """One Datonis event: the metrics of one thing at one instant."""
-
-    thing_key: str
-    timestamp: int  # epoch milliseconds
-    data: dict[str, Value]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"thing_key": self.thing_key, "timestamp": self.timestamp, "data": self.data}
 
 
 @dataclass(slots=True)
@@ -53,7 +34,6 @@ class Outcome:
     body: str = ""
     retry_after_s: float | None = None  # from a Retry-After header
     keys_suspect: bool = False  # a 401: the credentials are probably wrong, back off and probe
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def delivered(cls, status: int | None = None) -> Outcome:

@@ -352,9 +352,6 @@ class Outbox:
         """Events from `start` on (at most `max_events`), where they begin and end, approx bytes."""
         return await self._submit(self._read_fn(start, max_events))
 
-    def read_sync(self, start: Cursor, max_events: int) -> ReadResult:
-        return self._submit_sync(self._read_fn(start, max_events))
-
     def hold(self, cursor: Cursor) -> None:
         """Mark everything up to `cursor` as in flight: eviction leaves it alone."""
         self._inflight_seg = max(self._inflight_seg, cursor[0])
