@@ -334,3 +334,23 @@ class OpcUaServer:
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+
+
+COUNTER = {"name": "n", "tag": "counter(0, 1)"}
+
+
+def simulator_service(
+    thing_key: str = "press-1",
+    *metrics: dict[str, Any],
+    scan_interval_ms: int = 50,
+    name: str = "line",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A simulator service with one thing (by default a counter metric `n`), for configs."""
+    return {
+        "name": name,
+        "type": "simulator",
+        "scan_interval_ms": scan_interval_ms,
+        "things": [{"thing_key": thing_key, "metrics": list(metrics) or [COUNTER]}],
+        **extra,
+    }

@@ -11,27 +11,19 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from helpers import base_config, wait_until
+from helpers import base_config, simulator_service, wait_until
 
 
 def test_simulator_readings_reach_platform_with_valid_signatures(platform, gateway_factory) -> None:
     config = base_config(platform)
     config["services"] = [
-        {
-            "name": "press-line",
-            "type": "simulator",
-            "scan_interval_ms": 50,
-            "things": [
-                {
-                    "thing_key": "press-1",
-                    "metrics": [
-                        {"name": "strokes", "tag": "counter(0, 1)"},
-                        {"name": "temperature", "tag": "sine(20, 5, 60s)"},
-                        {"name": "pressure_bar", "tag": "const(2000)", "scale": 0.01},
-                    ],
-                }
-            ],
-        }
+        simulator_service(
+            "press-1",
+            {"name": "strokes", "tag": "counter(0, 1)"},
+            {"name": "temperature", "tag": "sine(20, 5, 60s)"},
+            {"name": "pressure_bar", "tag": "const(2000)", "scale": 0.01},
+            name="press-line",
+        )
     ]
     gw = gateway_factory(config).start()
     events = wait_until(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from helpers import EDGE, Gateway, base_config, free_port, wait_until
+from helpers import EDGE, Gateway, base_config, free_port, simulator_service, wait_until
 
 
 def _config(platform, listener_port: int | None = None, **cloud):
@@ -20,16 +20,7 @@ def _config(platform, listener_port: int | None = None, **cloud):
             {"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": listener_port}
         ]
     else:
-        config["services"] = [
-            {
-                "name": "line",
-                "type": "simulator",
-                "scan_interval_ms": 50,
-                "things": [
-                    {"thing_key": "press-1", "metrics": [{"name": "n", "tag": "counter(0, 1)"}]}
-                ],
-            }
-        ]
+        config["services"] = [simulator_service("press-1")]
     return config
 
 

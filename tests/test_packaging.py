@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from helpers import PlatformSim, base_config, free_port, wait_until
+from helpers import PlatformSim, base_config, free_port, simulator_service, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT.parent / "shared" / "tools"
@@ -136,16 +136,7 @@ def test_two_containers_on_one_data_directory_fail_over(
     image, podman, platform, tmp_path: Path
 ) -> None:
     config = base_config(platform)
-    config["services"] = [
-        {
-            "name": "line",
-            "type": "simulator",
-            "scan_interval_ms": 100,
-            "things": [
-                {"thing_key": "press-1", "metrics": [{"name": "n", "tag": "counter(0, 1)"}]}
-            ],
-        }
-    ]
+    config["services"] = [simulator_service("press-1", scan_interval_ms=100)]
     datadir = _shared_datadir(tmp_path, config)
     a = Container(podman, image, datadir, free_port(), "a").start()
     b = Container(podman, image, datadir, free_port(), "b")
@@ -296,14 +287,7 @@ def test_classic_install_and_upgrade_offline_in_a_debian_container(podman, tmp_p
     newer = _newer_bundle(tmp_path, work / f"datonis-edge-{VERSION}", "0.1.1")
     shutil.copytree(newer, work / "datonis-edge-0.1.1")
     config = base_config(None)
-    config["services"] = [
-        {
-            "name": "sim",
-            "type": "simulator",
-            "scan_interval_ms": 1000,
-            "things": [{"thing_key": "k", "metrics": [{"name": "n", "tag": "counter(0, 1)"}]}],
-        }
-    ]
+    config["services"] = [simulator_service("k", scan_interval_ms=1000, name="sim")]
     (work / "edge.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     script = f"""

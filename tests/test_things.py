@@ -10,7 +10,7 @@ import pytest
 from datonis_edge.config import ThingConfig
 from datonis_edge.expressions import Expression, ExpressionError
 from datonis_edge.things import ThingMap
-from helpers import base_config, wait_until
+from helpers import base_config, simulator_service, wait_until
 
 
 def _thing(*metrics: dict) -> ThingConfig:
@@ -94,25 +94,16 @@ def test_expressions_and_diff_on_a_simulator_thing_reach_the_platform(
 ) -> None:
     config = base_config(platform)
     config["services"] = [
-        {
-            "name": "line",
-            "type": "simulator",
-            "scan_interval_ms": 50,
-            "things": [
-                {
-                    "thing_key": "press-1",
-                    "metrics": [
-                        {"name": "strokes", "tag": "counter(0, 5)"},
-                        {
-                            "name": "strokes_per_scan",
-                            "expression": "latestValue[0] - previousValue[0]",
-                            "inputs": ["strokes"],
-                        },
-                        {"name": "mode", "tag": "const(auto)", "diff": True},
-                    ],
-                }
-            ],
-        }
+        simulator_service(
+            "press-1",
+            {"name": "strokes", "tag": "counter(0, 5)"},
+            {
+                "name": "strokes_per_scan",
+                "expression": "latestValue[0] - previousValue[0]",
+                "inputs": ["strokes"],
+            },
+            {"name": "mode", "tag": "const(auto)", "diff": True},
+        )
     ]
     gateway_factory(config).start()
     events = wait_until(lambda: (e := platform.events()) and len(e) >= 6 and e, what="6 events")
@@ -125,17 +116,7 @@ def test_send_interval_on_a_polled_adapter_sends_one_event_per_interval(
     platform, gateway_factory
 ) -> None:
     config = base_config(platform)
-    config["services"] = [
-        {
-            "name": "line",
-            "type": "simulator",
-            "scan_interval_ms": 50,
-            "send_interval_ms": 500,
-            "things": [
-                {"thing_key": "press-1", "metrics": [{"name": "n", "tag": "counter(0, 1)"}]}
-            ],
-        }
-    ]
+    config["services"] = [simulator_service("press-1", send_interval_ms=500)]
     gateway_factory(config).start()
     events = wait_until(lambda: (e := platform.events()) and len(e) >= 3 and e, what="3 events")
     gaps = [b["timestamp"] - a["timestamp"] for a, b in itertools.pairwise(events)]
