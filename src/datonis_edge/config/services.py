@@ -178,25 +178,14 @@ class ModbusTcpService(_ServiceBase):
         devices = {d.name: d for d in self.devices}
         if len(devices) != len(self.devices):
             raise ValueError("devices: two devices have the same name; names must be unique")
-        seen: set[str] = set()
+        _check_tag_references(self.tags, self.things)
         for i, tag in enumerate(self.tags):
-            if tag.name in seen:
-                raise ValueError(
-                    f"tags[{i}].name: '{tag.name}' is used twice; tag names must be unique"
-                )
-            seen.add(tag.name)
             if not tag.device:
                 tag.device = self.devices[0].name
             elif tag.device not in devices:
                 raise ValueError(
                     f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(devices)})"
                 )
-        for ti, thing in enumerate(self.things):
-            for mi, metric in enumerate(thing.metrics):
-                if metric.tag not in seen:
-                    raise ValueError(
-                        f"things[{ti}].metrics[{mi}].tag: no tag named '{metric.tag}' in this service's tags"
-                    )
         return self
 
 
