@@ -17,7 +17,9 @@ from typing import Any
 
 import orjson
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# no dots: the id is the file name without its suffix (.json, or .replay once marked)
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+_SUFFIXES = (".json", ".replay")
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -35,6 +37,10 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _id_of(path: Path) -> str:
+    return path.name.removesuffix(path.suffix) if path.suffix in _SUFFIXES else path.name
 
 
 @dataclass
@@ -107,7 +113,7 @@ class DeclinedStore:
 
     def _parse(self, path: Path, rec: dict[str, Any], with_events: bool) -> DeclinedBatch:
         return DeclinedBatch(
-            id=path.name.split(".")[0],
+            id=_id_of(path),
             path=path,
             batch_id=str(rec.get("batch_id", "")),
             epoch=int(rec.get("epoch", 0)),
@@ -127,7 +133,7 @@ class DeclinedStore:
         files = [
             p
             for p in self.directory.iterdir()
-            if p.suffix in (".json", ".replay") and not p.name.startswith(".")
+            if p.suffix in _SUFFIXES and not p.name.startswith(".")
         ]
         return sorted(files, key=lambda p: p.name)
 
@@ -145,8 +151,9 @@ class DeclinedStore:
         items = self.list()
         if not ids:
             return items
-        wanted = set(ids)
-        return [d for d in items if d.id in wanted or d.batch_id in wanted]
+        # the id (what alerts, the console and `declined list` show), the file name, or batch id
+        wanted = {i.removeprefix("declined/") for i in ids}
+        return [d for d in items if wanted & {d.id, d.path.name, d.batch_id}]
 
     def request_replay(self, item: DeclinedBatch) -> Path:
         """Mark for replay: the master (now or next to start) moves it back into the outbox."""
