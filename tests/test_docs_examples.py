@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from datonis_edge.config import ConfigError, parse_config
+from datonis_edge.root_config import ConfigError, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted(

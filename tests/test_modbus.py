@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from datonis_edge.adapters.modbus_codec import TagSpec, decode, encode, plan_reads
+from datonis_edge.adapters.modbus_tcp.codec import TagSpec, decode, encode, plan_reads
 from helpers import ModbusServer, base_config, wait_until
 
 TYPES = ["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from datonis_edge.model import OutcomeKind
-from datonis_edge.uplinks.datonis_http import outcome_for, parse_retry_after
+from datonis_edge.uplinks.datonis_http.uplink import outcome_for, parse_retry_after
 
 
 @pytest.mark.parametrize(

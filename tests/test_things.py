@@ -8,8 +8,8 @@ import itertools
 import pytest
 
 from datonis_edge.config import ThingConfig
-from datonis_edge.expressions import Expression, ExpressionError
-from datonis_edge.things import ThingMap
+from datonis_edge.things.expressions import Expression, ExpressionError
+from datonis_edge.things.mapping import ThingMap
 from helpers import base_config, simulator_service, wait_until
 
 

@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import ConfigError
+from .root_config import Config, load_config
 
 app = typer.Typer(
     help="datonis-edge: industrial IoT edge gateway with store-and-forward and failover.",
@@ -125,7 +126,7 @@ def run(
     setup_logging(log_level)
     _check_datadir(datadirpath)
     cfg = _import_config(datadirpath, config)
-    from .runner import run_instance
+    from .instance import run_instance
     from .serving import PortError
 
     try:
@@ -152,7 +153,7 @@ def demo(
 ) -> None:
     """A simulated machine, the gateway and the local Datonis platform simulator, in one command."""
     setup_logging("info")
-    from .runner import run_demo
+    from .instance import run_demo
     from .serving import PortError
 
     try:

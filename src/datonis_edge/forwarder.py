@@ -23,7 +23,7 @@ import random
 import time
 from collections import deque
 
-from .config import CloudConfig
+from .config.models import CloudBase
 from .model import Batch, Outcome, OutcomeKind
 from .status import Alerts, PartStatus
 from .store.declined import DeclinedStore
@@ -56,7 +56,7 @@ class Forwarder:
         outbox: Outbox,
         declined: DeclinedStore,
         uplink: Uplink,
-        cloud: CloudConfig,
+        cloud: CloudBase,
         epoch: int,
         alerts: Alerts,
     ) -> None:

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from . import systemd
-from .config import parse_config
 from .console.app import create_app
+from .root_config import parse_config
 from .serving import bind_socket, serve_app
 from .supervisor import Supervisor
 

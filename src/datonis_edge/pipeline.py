@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import Adapter, ReadingSink, Rejected, adapter_class
-from .config import Config
 from .forwarder import Backoff, Forwarder
+from .root_config import Config
 from .serving import PortError
 from .status import Alert, Alerts
 from .store.declined import DeclinedStore
 from .store.outbox import Outbox, OutboxClosed, OutboxFull
-from .things import ThingMap
+from .things.mapping import ThingMap
 from .uplinks import make_uplink
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config
-from .gateway import Gateway
 from .ha.lock import DataDirLock
 from .ha.state import HaFiles
+from .pipeline import Gateway
+from .root_config import Config
 from .status import Alerts
 from .store.declined import DeclinedStore
 

@@ -3,7 +3,8 @@
 An adapter knows nothing of the outbox, the uplink or retries. It hands what it read to the
 `ReadingSink` it was given and awaits it: when the await returns, the readings are durable
 (so a listener may acknowledge its producer), and when it raises `Rejected`, they were not.
-Adding a protocol is one module with one `Adapter` subclass and one line in `REGISTRY`.
+Adding a protocol is one folder (`adapters/<protocol>/`: config.py, adapter.py, README.md,
+testcases/) and one line in `REGISTRY` below (docs/adding-a-protocol.md walks through it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from ..registry import Plugin
 from ..status import PartStatus
 
 # A reading is what one thing reported at one instant, in the Datonis event form so that a
@@ -31,10 +33,9 @@ def reading(thing_key: str, timestamp: int, values: dict[str, Any]) -> Reading:
 class Rejected(Exception):
     """The readings were not stored (outbox full, gateway stopping); `reason` says why."""
 
-    def __init__(self, reason: str, retryable: bool = True) -> None:
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.retryable = retryable
 
 
 class ReadingSink(Protocol):
@@ -72,3 +73,25 @@ class Adapter(ABC):
 
     async def ready(self) -> None:  # noqa: B027 - optional hook
         """Return once the adapter accepts input (listeners: bound). Default: at once."""
+
+
+def _adapter(name: str, config: str, adapter: str) -> Plugin:
+    return Plugin(name, f"{name}.config:{config}", f"{name}.adapter:{adapter}", __package__)
+
+
+# one line per southbound protocol: its `type`, its config model, its adapter class
+REGISTRY: dict[str, Plugin] = {
+    p.name: p
+    for p in (
+        _adapter("simulator", "SimulatorService", "SimulatorAdapter"),
+        _adapter("http_listener", "HttpListenerService", "HttpListenerAdapter"),
+        _adapter("mqtt_listener", "MqttListenerService", "MqttListenerAdapter"),
+        _adapter("modbus_tcp", "ModbusTcpService", "ModbusTcpAdapter"),
+        _adapter("opcua", "OpcUaService", "OpcUaAdapter"),
+    )
+}
+
+
+def adapter_class(service_type: str) -> type[Adapter]:
+    """The adapter of a service type, imported on first use."""
+    return REGISTRY[service_type].load()

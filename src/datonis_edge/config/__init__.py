@@ -1,10 +1,11 @@
-"""The configuration file: pydantic models, loading and readable errors.
+"""The configuration file: loading, environment expansion and readable errors.
 
 A bad config is answered with one line per problem, each naming the field path
 (`services[0].things[1].metrics[2].tag: ...`) and what to do; the CLI exits with status 2.
 
-`models` holds the cloud, outbox, thing and metric models; `services` one model per adapter
-type; this module the root model, loading and error formatting.
+`models` holds what every protocol shares (outbox, thing, metric, service and cloud bases);
+each protocol's own model lives in its folder; the root model that combines them is built
+from the registries in `root_config.py`, one floor up. Nothing here imports a protocol.
 """
 
 from __future__ import annotations
@@ -12,25 +13,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, SecretStr, ValidationError
 
-from .models import CloudConfig, MetricConfig, OutboxConfig, ThingConfig, _Base
-from .services import (
-    SERVICE_TYPES,
-    HttpListenerService,
-    ModbusDevice,
-    ModbusTag,
-    ModbusTcpService,
-    MqttListenerService,
-    OpcUaService,
-    OpcUaTag,
-    ServiceConfig,
-    SignatureKey,
-    SimulatorService,
-)
+from .models import Base, MetricConfig, OutboxConfig, ThingConfig
 
 
 class ConfigError(Exception):
@@ -41,31 +29,10 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class Config(_Base):
-    cloud: CloudConfig
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
-    services: list[ServiceConfig] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _names(self) -> Config:
-        seen: dict[str, int] = {}
-        for i, svc in enumerate(self.services):
-            if not svc.name:
-                svc.name = f"{svc.type}-{i}"
-            if svc.name in seen:
-                raise ValueError(
-                    f"services[{i}].name: '{svc.name}' is already the name of "
-                    f"services[{seen[svc.name]}]; give every service its own name"
-                )
-            seen[svc.name] = i
-        return self
-
-    def thing_keys(self) -> list[str]:
-        return sorted({t.thing_key for s in self.services for t in s.things})
-
-
 # libyaml's loader when present: a plant-sized config (10,000 metrics) parses in a fraction
 # of the time and memory of the pure-Python one
+M = TypeVar("M", bound=BaseModel)
+
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -108,12 +75,9 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        # drop the discriminator tag pydantic inserts after services[i]
-        if (
-            i >= 2
-            and parts[i - 2] == "services"
-            and isinstance(parts[i - 1], int)
-            and part in SERVICE_TYPES
+        # drop the discriminator tag pydantic inserts after services[i] and after cloud
+        if (i >= 2 and parts[i - 2] == "services" and isinstance(parts[i - 1], int)) or (
+            i == 1 and parts[0] == "cloud"
         ):
             continue
         out += f".{part}" if out else str(part)
@@ -127,13 +91,17 @@ def format_errors(exc: ValidationError) -> list[str]:
         etype = err["type"]
         if etype in _FRIENDLY:
             msg = _FRIENDLY[etype]
-        elif etype == "union_tag_invalid":
-            got = (err.get("ctx") or {}).get("tag", "?")
-            msg = f"unknown service type '{got}'; use one of {', '.join(SERVICE_TYPES)}"
-            path += ".type"
-        elif etype == "union_tag_not_found":
-            msg = f"required key is missing; use one of {', '.join(SERVICE_TYPES)}"
-            path += ".type"
+        elif etype in ("union_tag_invalid", "union_tag_not_found"):
+            ctx = err.get("ctx") or {}
+            key = "protocol" if path == "cloud" else "type"
+            choices = ctx.get("expected_tags", "").replace("'", "")
+            what = "cloud protocol" if key == "protocol" else "service type"
+            msg = (
+                f"unknown {what} '{ctx.get('tag', '?')}'; use one of {choices}"
+                if etype == "union_tag_invalid"
+                else f"required key is missing; use one of {choices}"
+            )
+            path += f".{key}"
         else:
             msg = err["msg"]
             msg = msg.removeprefix("Value error, ")
@@ -155,7 +123,8 @@ def format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(data: Any, source: str = "config") -> Config:
+def parse_config(data: Any, model: type[M], source: str = "config") -> M:
+    """Validate `data` (a parsed YAML document) against the root `model`."""
     if data is None:
         raise ConfigError([f"{source}: the file is empty; it needs at least a 'cloud' section"])
     if not isinstance(data, dict):
@@ -167,12 +136,13 @@ def parse_config(data: Any, source: str = "config") -> Config:
     if problems:
         raise ConfigError(problems)
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc)) from None
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], model: type[M]) -> M:
+    """Read, parse and validate a YAML file against the root `model`."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -189,10 +159,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError([f"{p}: YAML syntax error at {where}: {problem}"]) from None
-    return parse_config(data, str(p))
+    return parse_config(data, model, str(p))
 
 
-def dump_config_yaml(config: Config) -> str:
+def dump_config_yaml(config: BaseModel) -> str:
     """The config as YAML with secrets written out (for the data directory copy only)."""
 
     def plain(v: Any) -> Any:
@@ -208,22 +178,10 @@ def dump_config_yaml(config: Config) -> str:
 
 
 __all__ = [
-    "SERVICE_TYPES",
-    "CloudConfig",
-    "Config",
+    "Base",
     "ConfigError",
-    "HttpListenerService",
     "MetricConfig",
-    "ModbusDevice",
-    "ModbusTag",
-    "ModbusTcpService",
-    "MqttListenerService",
-    "OpcUaService",
-    "OpcUaTag",
     "OutboxConfig",
-    "ServiceConfig",
-    "SignatureKey",
-    "SimulatorService",
     "ThingConfig",
     "dump_config_yaml",
     "format_errors",

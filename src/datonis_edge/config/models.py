@@ -1,22 +1,21 @@
-"""Models of the cloud, outbox, thing and metric sections, and their shared base."""
+"""What every protocol shares: the base model, the outbox, things and metrics, the common
+keys of a service and of a listener, the tag cross-check. Imports no protocol."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     model_validator,
 )
 
-from ..expressions import Expression, ExpressionError
+from ..things.expressions import Expression, ExpressionError
 
 
-class _Base(BaseModel):
+class Base(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
 
     @model_validator(mode="before")
@@ -28,11 +27,10 @@ class _Base(BaseModel):
         return data
 
 
-class CloudConfig(_Base):
-    protocol: Literal["https", "http", "mqtt"] = "https"
-    endpoint: str = "https://api.datonis.io"
-    access_key: SecretStr = SecretStr("")
-    secret_key: SecretStr = SecretStr("")
+class CloudBase(Base):
+    """What every uplink shares: batching, timing and retries (the forwarder reads these).
+    Each transport's model (uplinks/<transport>/config.py) adds its endpoint and keys."""
+
     bulk_max_elements: int = Field(25, ge=1, le=10_000)
     bulk_transmit_interval_ms: int = Field(1000, ge=0, le=3_600_000)
     heartbeat_interval_ms: int = Field(120_000, ge=0)
@@ -40,45 +38,14 @@ class CloudConfig(_Base):
     retry_max_backoff_ms: int = Field(60_000, ge=100)
     # batches on the wire at once; 1 keeps strict arrival order at the platform
     max_inflight_batches: int = Field(4, ge=1, le=64)
-    # plain MQTT uplink (protocol: mqtt); endpoint is mqtt://host:port
-    topic: str = "datonis-edge/{thing_key}/events"
-    qos: Literal[0, 1] = 1
-    client_id: str = ""
-    username: str = ""
-    password: SecretStr = SecretStr("")
-
-    @model_validator(mode="after")
-    def _check_protocol(self) -> CloudConfig:
-        url = urlparse(self.endpoint)
-        if self.protocol in ("http", "https"):
-            if url.scheme not in ("http", "https") or not url.hostname:
-                raise ValueError(
-                    f"endpoint: '{self.endpoint}' is not an http(s) URL; "
-                    "write it like https://api.datonis.io"
-                )
-            for key in ("access_key", "secret_key"):
-                if not getattr(self, key).get_secret_value():
-                    raise ValueError(
-                        f"{key}: required for the Datonis platform; copy it from the "
-                        "Datonis console (Settings → Access keys) or write ${ENV_VAR}"
-                    )
-        else:
-            if url.scheme not in ("mqtt", "tcp") or not url.hostname:
-                raise ValueError(
-                    f"endpoint: '{self.endpoint}' is not an MQTT URL; write it like "
-                    "mqtt://broker.example.com:1883"
-                )
-            if "{thing_key}" not in self.topic and not self.topic:
-                raise ValueError("topic: empty; use a template like plant/{thing_key}/events")
-        return self
 
 
-class OutboxConfig(_Base):
+class OutboxConfig(Base):
     max_bytes: int = Field(1 << 30, ge=65_536)
     policy: Literal["drop_oldest", "reject_new"] = "drop_oldest"
 
 
-class MetricConfig(_Base):
+class MetricConfig(Base):
     name: str = Field(min_length=1)
     tag: str = ""
     # a derived metric: an expression over latestValue[i] / previousValue[i] of its inputs
@@ -106,7 +73,7 @@ class MetricConfig(_Base):
         return self
 
 
-class ThingConfig(_Base):
+class ThingConfig(Base):
     thing_key: str = Field(min_length=1)
     thing_name: str = ""
     metrics: list[MetricConfig] = Field(default_factory=list)
@@ -129,3 +96,46 @@ class ThingConfig(_Base):
         used = {m.tag for m in self.metrics if m.tag}
         used |= {i for m in self.metrics for i in m.inputs if i not in names}
         return used
+
+
+class ServiceBase(Base):
+    name: str = ""
+    enabled: bool = True
+    scan_interval_ms: int = Field(1000, ge=10, le=86_400_000)
+    send_interval_ms: int = Field(0, ge=0)
+    things: list[ThingConfig] = Field(default_factory=list)
+
+
+class ListenerBase(ServiceBase):
+    @model_validator(mode="after")
+    def _no_send_interval(self) -> ListenerBase:
+        if self.send_interval_ms:
+            raise ValueError(
+                "send_interval_ms: a listener acknowledges each reading once it is durable, so it "
+                "cannot hold readings back; send_interval_ms is for polled adapters"
+            )
+        return self
+
+
+def check_tag_references(tags: list[Any], things: list[ThingConfig]) -> set[str]:
+    """Tag names unique; every metric tag and expression input names a tag or a metric."""
+    seen: set[str] = set()
+    for i, tag in enumerate(tags):
+        if tag.name in seen:
+            raise ValueError(
+                f"tags[{i}].name: '{tag.name}' is used twice; tag names must be unique"
+            )
+        seen.add(tag.name)
+    for ti, thing in enumerate(things):
+        names = {m.name for m in thing.metrics}
+        for mi, metric in enumerate(thing.metrics):
+            if metric.tag and metric.tag not in seen:
+                raise ValueError(
+                    f"things[{ti}].metrics[{mi}].tag: no tag named '{metric.tag}' in this service's tags"
+                )
+            for ii, name in enumerate(metric.inputs):
+                if name not in seen and name not in names:
+                    raise ValueError(
+                        f"things[{ti}].metrics[{mi}].inputs[{ii}]: '{name}' is neither a metric of this thing nor a tag"
+                    )
+    return seen

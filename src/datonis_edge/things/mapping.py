@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ThingConfig
+from ..config.models import ThingConfig
 from .expressions import Expression
 
 _UNSET = object()

@@ -1,17 +1,7 @@
-"""Northbound uplinks, one module per transport."""
+"""Northbound uplinks, one folder per transport; `REGISTRY` in base.py lists them."""
 
 from __future__ import annotations
 
-from ..config import CloudConfig
-from .base import Uplink
-from .datonis_http import DatonisHttpUplink
-from .mqtt import MqttUplink
+from .base import REGISTRY, Uplink, make_uplink
 
-
-def make_uplink(cloud: CloudConfig) -> Uplink:
-    if cloud.protocol == "mqtt":
-        return MqttUplink(cloud)
-    return DatonisHttpUplink(cloud)
-
-
-__all__ = ["DatonisHttpUplink", "MqttUplink", "Uplink", "make_uplink"]
+__all__ = ["REGISTRY", "Uplink", "make_uplink"]

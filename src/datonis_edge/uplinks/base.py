@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from ..model import Batch, Outcome
+from ..registry import Plugin
 from ..status import PartStatus
 
 
@@ -37,3 +38,23 @@ class Uplink(ABC):
         self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
     ) -> Outcome:
         return Outcome.delivered()
+
+
+def _uplink(protocols: tuple[str, ...], folder: str, config: str, uplink: str) -> list[Plugin]:
+    ref = f"{folder}.config:{config}", f"{folder}.uplink:{uplink}"
+    return [Plugin(p, *ref, __package__) for p in protocols]
+
+
+# one line per northbound transport: its `cloud.protocol` values, its config model, its uplink
+REGISTRY: dict[str, Plugin] = {
+    p.name: p
+    for p in (
+        *_uplink(("https", "http"), "datonis_http", "DatonisHttpCloud", "DatonisHttpUplink"),
+        *_uplink(("mqtt",), "mqtt_broker", "MqttBrokerCloud", "MqttBrokerUplink"),
+    )
+}
+
+
+def make_uplink(cloud: Any) -> Uplink:
+    """The uplink for a cloud config (chosen by its `protocol`), imported on first use."""
+    return REGISTRY[cloud.protocol].load()(cloud)

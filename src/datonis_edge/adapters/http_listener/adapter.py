@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
-from ..config import HttpListenerService
-from ..serving import bind_socket, serve_app
-from .base import Adapter, ReadingSink, Rejected
+from ...serving import bind_socket, serve_app
+from ..base import Adapter, ReadingSink, Rejected
+from .config import HttpListenerService
 
 EVENT_PATH = "/api/v3/things/event.json"
 HEARTBEAT_PATH = "/api/v3/things/heartbeat.json"

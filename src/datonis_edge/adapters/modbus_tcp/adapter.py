@@ -19,9 +19,9 @@ from typing import Any
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from ..config import ModbusDevice, ModbusTcpService
-from .base import Adapter, ReadingSink, Rejected, reading, ticks
-from .modbus_codec import ReadGroup, TagSpec, plan_reads
+from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from .codec import ReadGroup, TagSpec, plan_reads
+from .config import ModbusDevice, ModbusTcpService
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we report device errors ourselves
 

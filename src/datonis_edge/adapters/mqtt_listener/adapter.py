@@ -21,8 +21,8 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..config import MqttListenerService
-from .base import Adapter, ReadingSink, Rejected, reading
+from ..base import Adapter, ReadingSink, Rejected, reading
+from .config import MqttListenerService
 
 
 class PayloadError(ValueError):

@@ -23,8 +23,8 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..config import OpcUaService
-from .base import Adapter, ReadingSink, Rejected, reading, ticks
+from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from .config import OpcUaService
 
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # we report server errors ourselves
 

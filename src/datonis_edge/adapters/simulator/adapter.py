@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..config import SimulatorService
-from ..waveforms import Waveform, parse_tag
-from .base import Adapter, ReadingSink, Rejected, reading, ticks
+from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from .config import SimulatorService
+from .waveforms import Waveform, parse_tag
 
 
 class SimulatorAdapter(Adapter):

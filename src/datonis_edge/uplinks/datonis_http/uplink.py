@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..config import CloudConfig
-from ..model import Batch, Outcome, OutcomeKind
-from .base import Uplink
+from ...model import Batch, Outcome, OutcomeKind
+from ..base import Uplink
+from .config import DatonisHttpCloud
 
 EVENT_PATH = "/api/v3/things/event.json"
 HEARTBEAT_PATH = "/api/v3/things/heartbeat.json"
@@ -78,7 +78,7 @@ def _reason(status: int, body: str) -> str:
 class DatonisHttpUplink(Uplink):
     type = "datonis_http"
 
-    def __init__(self, cloud: CloudConfig) -> None:
+    def __init__(self, cloud: DatonisHttpCloud) -> None:
         super().__init__(f"datonis {cloud.endpoint}")
         self.cloud = cloud
         self._access = cloud.access_key.get_secret_value()

@@ -16,15 +16,15 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..config import CloudConfig
-from ..model import Batch, Outcome, OutcomeKind
-from .base import Uplink
+from ...model import Batch, Outcome, OutcomeKind
+from ..base import Uplink
+from .config import MqttBrokerCloud
 
 
-class MqttUplink(Uplink):
+class MqttBrokerUplink(Uplink):
     type = "mqtt"
 
-    def __init__(self, cloud: CloudConfig) -> None:
+    def __init__(self, cloud: MqttBrokerCloud) -> None:
         super().__init__(f"mqtt {cloud.endpoint}")
         self.cloud = cloud
         url = urlparse(cloud.endpoint)

@@ -1,0 +1,106 @@
+"""The modbus_tcp configuration: devices, tags (with the Datonis gateway's key names as
+aliases) and the read planning knobs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+
+from ...config.models import Base, ServiceBase, check_tag_references
+from .vocabulary import DATA_TYPES, ENDIANS, REGISTER_KINDS, REGISTERS_NEEDED, normalize
+
+
+class ModbusDevice(Base):
+    name: str = Field(min_length=1)
+    host: str = "127.0.0.1"
+    port: int = Field(502, ge=1, le=65_535)
+    unit_id: int = Field(1, ge=0, le=255, validation_alias=AliasChoices("unit_id", "deviceId"))
+    timeout_ms: int = Field(1000, ge=10, le=60_000)
+
+
+class ModbusTag(Base):
+    """One value on a device. Datonis gateway names are accepted as aliases."""
+
+    name: str = Field(min_length=1)
+    device: str = ""  # a device name; empty: the service's first device
+    unit_id: int | None = Field(
+        None, ge=0, le=255, validation_alias=AliasChoices("unit_id", "deviceId")
+    )
+    register_kind: str = Field(validation_alias=AliasChoices("register", "type", "register_kind"))
+    address: int = Field(ge=0, le=65_535, validation_alias=AliasChoices("address", "refAddr"))
+    count: int | None = Field(
+        None, ge=1, le=125, validation_alias=AliasChoices("count", "readCount")
+    )
+    data_type: str = Field("", validation_alias=AliasChoices("data_type", "valType"))
+    endian: str = Field("ABCD", validation_alias=AliasChoices("endian", "byte_order", "word_order"))
+    bit_index: int | None = Field(
+        None, ge=0, le=15, validation_alias=AliasChoices("bit_index", "bitIndex")
+    )
+
+    @field_validator("register_kind")
+    @classmethod
+    def _register(cls, v: str) -> str:
+        return normalize(REGISTER_KINDS, v, "register type")
+
+    @field_validator("endian")
+    @classmethod
+    def _endian(cls, v: str) -> str:
+        return normalize(ENDIANS, v, "byte/word order")
+
+    @model_validator(mode="after")
+    def _shape(self) -> ModbusTag:
+        bits = self.register_kind in ("coil", "discrete")
+        if not self.data_type:
+            self.data_type = "bool" if bits else "uint16"
+        else:
+            self.data_type = normalize(DATA_TYPES, self.data_type, "data type")
+        if bits and self.data_type != "bool":
+            raise ValueError(
+                f"data_type: a {self.register_kind} holds one bit; use bool (got {self.data_type})"
+            )
+        if self.bit_index is not None and (bits or self.data_type != "bool"):
+            raise ValueError(
+                "bit_index: only for data_type bool read from a holding or input register"
+            )
+        if self.data_type == "string":
+            if self.count is None:
+                raise ValueError(
+                    "count: a string needs count (registers to read, 2 characters each)"
+                )
+        else:
+            need = 1 if bits else REGISTERS_NEEDED[self.data_type]
+            if self.count is not None and self.count < need:
+                raise ValueError(
+                    f"count: data_type {self.data_type} needs {need} registers, count is {self.count}"
+                )
+            self.count = need
+        if self.address + self.count > 65_536:
+            raise ValueError(
+                f"address: {self.address} + {self.count} registers runs past the last address 65535"
+            )
+        return self
+
+
+class ModbusTcpService(ServiceBase):
+    type: Literal["modbus_tcp"]
+    devices: list[ModbusDevice] = Field(min_length=1)
+    tags: list[ModbusTag] = Field(default_factory=list)
+    # tags closer than this many addresses are read in one request
+    max_gap: int = Field(16, ge=0, le=2000)
+    retry_max_backoff_ms: int = Field(30_000, ge=100)
+
+    @model_validator(mode="after")
+    def _references(self) -> ModbusTcpService:
+        devices = {d.name: d for d in self.devices}
+        if len(devices) != len(self.devices):
+            raise ValueError("devices: two devices have the same name; names must be unique")
+        check_tag_references(self.tags, self.things)
+        for i, tag in enumerate(self.tags):
+            if not tag.device:
+                tag.device = self.devices[0].name
+            elif tag.device not in devices:
+                raise ValueError(
+                    f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(devices)})"
+                )
+        return self

@@ -1,0 +1,1 @@
+"""Adapter tags → thing metrics: mapping, scaling, diff (`mapping`) and expressions."""

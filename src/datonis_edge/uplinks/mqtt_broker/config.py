@@ -1,0 +1,32 @@
+"""The plain MQTT broker uplink's configuration (`cloud.protocol: mqtt`): any broker, QoS 1."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import SecretStr, model_validator
+
+from ...config.models import CloudBase
+
+
+class MqttBrokerCloud(CloudBase):
+    protocol: Literal["mqtt"]
+    endpoint: str
+    topic: str = "datonis-edge/{thing_key}/events"
+    qos: Literal[0, 1] = 1
+    client_id: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttBrokerCloud:
+        url = urlparse(self.endpoint)
+        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
+            raise ValueError(
+                f"endpoint: '{self.endpoint}' is not an MQTT URL; write it like "
+                "mqtt://broker.example.com:1883"
+            )
+        if not self.topic:
+            raise ValueError("topic: empty; use a template like plant/{thing_key}/events")
+        return self
