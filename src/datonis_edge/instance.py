@@ -8,7 +8,10 @@ import gc
 import logging
 import secrets
 import tempfile
+from importlib import resources
 from pathlib import Path
+
+import yaml
 
 from . import systemd
 from .console.app import create_app
@@ -51,35 +54,12 @@ async def run_instance(
             await console
 
 
-DEMO_CONFIG = """
-cloud:
-  protocol: http
-  endpoint: http://127.0.0.1:{sim_port}
-  access_key: {access_key}
-  secret_key: {secret_key}
-  bulk_max_elements: 25
-  bulk_transmit_interval_ms: 1000
-  heartbeat_interval_ms: 30000
-outbox:
-  max_bytes: 104857600
-  policy: drop_oldest
-services:
-  - name: press-line
-    type: simulator
-    scan_interval_ms: 1000
-    things:
-      - thing_key: press-1
-        thing_name: Press 1
-        metrics:
-          - {{name: temperature, tag: "sine(60, 5, 60s)"}}
-          - {{name: pressure, tag: "random(180, 220)", scale: 0.1}}
-          - {{name: strokes, tag: "counter(0, 1)"}}
-          - {{name: running, tag: "square(0, 1, 30s)", diff: true}}
-  - name: push
-    type: http_listener
-    host: 127.0.0.1
-    port: {listener_port}
-"""
+def demo_config_text(**values: str) -> str:
+    """The demo's configuration (the package's demo.yaml) with its ${DEMO_*} values filled in."""
+    text = resources.files(__package__).joinpath("demo.yaml").read_text(encoding="utf-8")
+    for name, value in values.items():
+        text = text.replace("${" + name + "}", value)
+    return text
 
 
 async def run_demo(http_port: int, sim_port: int, listener_port: int, datadir: Path | None) -> None:
@@ -90,11 +70,12 @@ async def run_demo(http_port: int, sim_port: int, listener_port: int, datadir: P
     if datadir is None:
         tmp = tempfile.TemporaryDirectory(prefix="datonis-edge-demo-")
         datadir = Path(tmp.name)
-    text = DEMO_CONFIG.format(
-        sim_port=sim_port, access_key=access_key, secret_key=secret_key, listener_port=listener_port
+    text = demo_config_text(
+        DEMO_PLATFORM_PORT=str(sim_port),
+        DEMO_ACCESS_KEY=access_key,
+        DEMO_SECRET_KEY=secret_key,
+        DEMO_LISTENER_PORT=str(listener_port),
     )
-    import yaml
-
     config = parse_config(yaml.safe_load(text), "demo config")
     (datadir / "config").mkdir(parents=True, exist_ok=True)
     (datadir / "config" / "edge.yaml").write_text(text)

@@ -24,8 +24,6 @@ Control API (for tests, demos and benchmarks), under /sim:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +34,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, signature_ok
+
 
 @dataclass
 class Fault:
@@ -44,7 +44,7 @@ class Fault:
     delay_ms: int = 0
     drop: bool = False
     count: int = 1
-    paths: tuple[str, ...] = ("/api/v3/things/event.json",)
+    paths: tuple[str, ...] = (EVENT_PATH,)
 
 
 @dataclass
@@ -131,8 +131,7 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
         if secret is None:
             count(401)
             return body, _json(401, {"status": "error", "reason": "unknown access key"})
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(request.headers.get("x-dtn-signature", ""), expected):
+        if not signature_ok(secret, body, request.headers.get("x-dtn-signature", "")):
             count(401)
             return body, _json(401, {"status": "error", "reason": "signature mismatch"})
         return body, None
@@ -287,9 +286,9 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
 
     app = Starlette(
         routes=[
-            Route("/api/v3/things/event.json", event, methods=["POST"]),
-            Route("/api/v3/things/heartbeat.json", heartbeat, methods=["POST"]),
-            Route("/api/v3/alerts.json", alert, methods=["POST"]),
+            Route(EVENT_PATH, event, methods=["POST"]),
+            Route(HEARTBEAT_PATH, heartbeat, methods=["POST"]),
+            Route(ALERTS_PATH, alert, methods=["POST"]),
             Route("/sim/events", sim_events),
             Route("/sim/stats", sim_stats),
             Route("/sim/alerts", sim_alerts),

@@ -11,8 +11,6 @@ A bare ASGI app rather than a framework route: this is the hot path of bulk inge
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import socket
 import time
 from pathlib import Path
@@ -20,13 +18,10 @@ from typing import Any
 
 import orjson
 
+from ...protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, signature_ok
 from ...serving import bind_socket, serve_app
 from ..base import Adapter, ReadingSink, Rejected
 from .config import HttpListenerService
-
-EVENT_PATH = "/api/v3/things/event.json"
-HEARTBEAT_PATH = "/api/v3/things/heartbeat.json"
-ALERTS_PATH = "/api/v3/alerts.json"
 
 
 class BadRequest(Exception):
@@ -90,10 +85,6 @@ def _where(bulk: bool, i: int) -> str:
     return f"events[{i}]" if bulk else "event"
 
 
-def signature(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 class HttpListenerAdapter(Adapter):
     type = "http_listener"
 
@@ -127,15 +118,7 @@ class HttpListenerAdapter(Adapter):
     # ------------------------------------------------------------------ ASGI
 
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # serve_app runs without lifespan events
             return
         status, body, extra = await self._handle(scope, receive)
         headers = [(b"content-type", b"application/json"), *extra]
@@ -199,11 +182,11 @@ class HttpListenerAdapter(Adapter):
             return
         headers = dict(scope["headers"])
         access = headers.get(b"x-access-key", b"").decode(errors="replace")
-        sig = headers.get(b"x-dtn-signature", b"").decode(errors="replace").lower()
+        sig = headers.get(b"x-dtn-signature", b"").decode(errors="replace")
         secret = self._keys.get(access)
         if secret is None:
             raise BadRequest(401, "unknown or missing X-Access-Key")
-        if not hmac.compare_digest(sig, signature(secret, body)):
+        if not signature_ok(secret, body, sig):
             raise BadRequest(401, "X-Dtn-Signature does not match HMAC-SHA256(secret_key, body)")
 
 

@@ -9,8 +9,6 @@ interleaved and duplicates can be counted.
 from __future__ import annotations
 
 import email.utils
-import hashlib
-import hmac
 import time
 from http import HTTPStatus
 from typing import Any
@@ -19,12 +17,10 @@ import aiohttp
 import orjson
 
 from ...model import Batch, Outcome, OutcomeKind
+from ...protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, sign
 from ..base import Uplink
 from .config import DatonisHttpCloud
 
-EVENT_PATH = "/api/v3/things/event.json"
-HEARTBEAT_PATH = "/api/v3/things/heartbeat.json"
-ALERTS_PATH = "/api/v3/alerts.json"
 ALERT_LEVELS = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 
@@ -102,15 +98,12 @@ class DatonisHttpUplink(Uplink):
             await self._session.close()
             self._session = None
 
-    def sign(self, body: bytes) -> str:
-        return hmac.new(self._secret, body, hashlib.sha256).hexdigest()
-
     async def _post(self, path: str, body: bytes, extra: dict[str, str] | None = None) -> Outcome:
         assert self._session is not None, "start() the uplink first"
         headers = {
             "Content-Type": "application/json",
             "X-Access-Key": self._access,
-            "X-Dtn-Signature": self.sign(body),
+            "X-Dtn-Signature": sign(self._secret, body),
             **(extra or {}),
         }
         try:
