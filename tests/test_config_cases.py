@@ -11,10 +11,18 @@ from typer.testing import CliRunner
 from datonis_edge.cli import app
 from helpers import EDGE
 
-CASES = sorted(p for p in (Path(__file__).parent / "config_cases").iterdir() if p.is_dir())
+ROOT = Path(__file__).resolve().parent.parent
+# shared cases here; each protocol's own in adapters/<protocol>/testcases, uplinks/<t>/testcases
+CASES = sorted(
+    [
+        *(p for p in (ROOT / "tests" / "config_cases").iterdir() if p.is_dir()),
+        *(p for p in (ROOT / "src" / "datonis_edge").glob("*/*/testcases/*") if p.is_dir()),
+    ]
+)
+IDS = [str(c.relative_to(ROOT)).replace("/testcases/", ":").split("/")[-1] for c in CASES]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_bad_config_gives_its_error_line_and_exit_2(case: Path) -> None:
     config = case / "edge.yaml"
     expected = (case / "expected.err").read_text().replace("{file}", str(config)).strip()

@@ -42,7 +42,9 @@ class OpcUaService(ServiceBase):
     @model_validator(mode="after")
     def _check(self) -> OpcUaService:
         if not self.endpoint.startswith("opc.tcp://"):
-            raise ValueError(f"endpoint: '{self.endpoint}' is not an opc.tcp:// URL")
+            raise ValueError(
+                f"endpoint: '{self.endpoint}' is not an OPC UA URL; write it like opc.tcp://10.0.3.30:4840"
+            )
         if self.security_mode is None:
             self.security_mode = "None" if self.security_policy == "None" else "SignAndEncrypt"
         if (self.security_policy == "None") != (self.security_mode == "None"):
