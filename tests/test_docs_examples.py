@@ -45,7 +45,7 @@ EXAMPLES = [(n, t) for n, t in _examples() if _as_config(yaml.safe_load(t)) is n
 
 
 def test_the_docs_have_config_examples() -> None:
-    assert len(EXAMPLES) >= 3, [n for n, _ in EXAMPLES]
+    assert len(EXAMPLES) >= 8, [n for n, _ in EXAMPLES]
 
 
 @pytest.mark.parametrize(("name", "text"), EXAMPLES, ids=[n for n, _ in EXAMPLES])
