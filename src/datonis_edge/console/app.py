@@ -6,13 +6,13 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any, Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+
+from .metrics import metrics_registry
 
 
 class ConsoleService(Protocol):
@@ -23,40 +23,8 @@ class ConsoleService(Protocol):
     async def replay(self, ids: list[str] | None) -> int: ...
 
 
-class _Collector:
-    def __init__(self, service: ConsoleService) -> None:
-        self.service = service
-
-    def collect(self) -> Any:
-        snap = self.service.snapshot()
-        role = GaugeMetricFamily(
-            "datonis_edge_master", "1 when this instance is master", labels=["instance"]
-        )
-        role.add_metric([snap["instance_id"]], 1.0 if snap["role"] == "master" else 0.0)
-        yield role
-        yield GaugeMetricFamily(
-            "datonis_edge_epoch", "current epoch (fencing token)", value=snap.get("epoch", 0)
-        )
-        if "outbox" in snap:
-            yield GaugeMetricFamily(
-                "datonis_edge_outbox_pending_events",
-                "events in the outbox",
-                value=snap["outbox"]["pending"],
-            )
-            yield GaugeMetricFamily(
-                "datonis_edge_outbox_bytes", "bytes in the outbox", value=snap["outbox"]["bytes"]
-            )
-            events = CounterMetricFamily(
-                "datonis_edge_events", "events by outcome", labels=["outcome"]
-            )
-            for name, value in snap["counters"].items():
-                events.add_metric([name], value)
-            yield events
-
-
 def create_app(service: ConsoleService) -> Starlette:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(service))  # type: ignore[arg-type]
+    registries = metrics_registry(service.snapshot)
     page = resources.files(__package__).joinpath("status.html").read_text(encoding="utf-8")
 
     async def status(_: Request) -> JSONResponse:
@@ -66,10 +34,18 @@ def create_app(service: ConsoleService) -> Starlette:
         return JSONResponse({"status": "ok", "role": service.snapshot()["role"]})
 
     async def readyz(_: Request) -> JSONResponse:
-        role = service.snapshot()["role"]
-        return JSONResponse(
-            {"ready": role == "master", "role": role}, status_code=200 if role == "master" else 503
-        )
+        """200 only on the master with its pipeline running; a standby names the master."""
+        snap = service.snapshot()
+        ready = snap["role"] == "master" and snap.get("pipeline") == "running"
+        body: dict[str, Any] = {"ready": ready, "role": snap["role"]}
+        if not ready:
+            master = snap.get("master") or {}
+            body["reason"] = (
+                f"standby; the master is {master.get('instance_id')} at {master.get('console_url')}"
+                if snap["role"] == "standby" and master
+                else f"{snap['role']}; pipeline {snap.get('pipeline', 'not started')}"
+            )
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def declined(_: Request) -> JSONResponse:
         return JSONResponse({"declined": service.declined_list()})
@@ -92,7 +68,9 @@ def create_app(service: ConsoleService) -> Starlette:
         return JSONResponse({"replayed_events": count})
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+        return Response(
+            b"".join(generate_latest(r) for r in registries), media_type=CONTENT_TYPE_LATEST
+        )
 
     async def index(_: Request) -> HTMLResponse:
         return HTMLResponse(page)
