@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +13,11 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
+from . import __version__, logs
 from .config import ConfigError
 from .root_config import Config, load_config
+
+log = logging.getLogger("datonis_edge.cli")
 
 app = typer.Typer(
     help="datonis-edge: industrial IoT edge gateway with store-and-forward and failover.",
@@ -39,7 +40,6 @@ DataDir = Annotated[
         "--datadirpath",
         envvar="DATONIS_EDGE_DATADIRPATH",
         help="The data directory (shared between master and standbys).",
-        file_okay=False,
     ),
 ]
 
@@ -49,42 +49,62 @@ def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
     return typer.Exit(code)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+LogLevel = Annotated[
+    str,
+    typer.Option(
+        "--log-level", envvar="DATONIS_EDGE_LOG_LEVEL", help=f"One of {', '.join(logs.LEVELS)}."
+    ),
+]
+LogFormat = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="DATONIS_EDGE_LOG_FORMAT",
+        help="text, or json: one JSON object per line for log shippers.",
+    ),
+]
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    problem = logs.level_problem(level) or logs.format_problem(fmt)
+    if problem:
+        raise fail(problem)
+    logs.setup(level, fmt)
 
 
 def _check_datadir(datadir: Path) -> None:
-    try:
-        datadir.mkdir(parents=True, exist_ok=True)
-        probe = datadir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as exc:
-        raise fail(
-            f"the data directory {datadir} is not writable ({exc.strerror}); "
-            "create it and give the gateway's user write access"
-        ) from None
+    """Everything the instance will write is writable, or one sentence and exit 2."""
+    from .datadir import root_warning, writable_problem
+
+    problem = writable_problem(datadir)
+    if problem:
+        raise fail(problem)
+    warning = root_warning(datadir)
+    if warning:
+        log.warning(warning)
+
+
+def _require_datadir(datadir: Path) -> None:
+    from .datadir import not_a_datadir
+
+    problem = not_a_datadir(datadir)
+    if problem:
+        raise fail(problem)
 
 
 def _import_config(datadir: Path, source: Path | None) -> Config:
-    """Validate `source` and copy it to <datadir>/config/edge.yaml; load what is there."""
+    """Validate `source` and copy it to <datadir>/config/edge.yaml; load what is there.
+
+    A different config replaces the one there (kept as edge.yaml.bak) only when no master
+    runs: a live master keeps running the old one, so replacing it under it would lie."""
     target = datadir / "config" / "edge.yaml"
     try:
         if source is not None:
             config = load_config(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
             text = source.read_bytes()
-            if not target.exists() or target.read_bytes() != text:
-                from .store.declined import write_durably
-
-                if target.exists():
-                    write_durably(target.with_suffix(".yaml.bak"), target.read_bytes())
-                write_durably(target, text)
+            old = target.read_bytes() if target.exists() else None
+            if old != text:
+                _replace_config(datadir, source, target, old, text)
             return config
         if not target.exists():
             raise fail(
@@ -96,6 +116,34 @@ def _import_config(datadir: Path, source: Path | None) -> Config:
         for line in exc.problems:
             typer.echo(line, err=True)
         raise typer.Exit(EXIT_CONFIG) from None
+
+
+def _replace_config(
+    datadir: Path, source: Path, target: Path, old: bytes | None, text: bytes
+) -> None:
+    from .ha.liveness import master_view
+    from .store.declined import write_durably
+
+    if old is not None:
+        master = master_view(datadir)
+        if master.occupied:
+            raise fail(
+                f"{datadir} already has a configuration that differs from {source}, and "
+                f"{master.name} is master running it; to change the configuration stop every "
+                "instance and start one with --config, or edit it in the console"
+            )
+        write_durably(target.with_suffix(".yaml.bak"), old)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_durably(target, text)
+    if old is None:
+        log.info("imported %s into %s", source, target)
+    else:
+        log.info(
+            "imported %s into %s, replacing a different configuration (kept as %s)",
+            source,
+            target,
+            target.with_suffix(".yaml.bak").name,
+        )
 
 
 @app.command()
@@ -118,12 +166,11 @@ def run(
     instance_id: Annotated[
         str | None, typer.Option("--instance-id", envvar="DATONIS_EDGE_INSTANCE_ID")
     ] = None,
-    log_level: Annotated[
-        str, typer.Option("--log-level", envvar="DATONIS_EDGE_LOG_LEVEL")
-    ] = "info",
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "text",
 ) -> None:
     """Run the gateway service: master if it takes the data-directory lock, else standby."""
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     _check_datadir(datadirpath)
     cfg = _import_config(datadirpath, config)
     from .instance import run_instance
@@ -150,9 +197,13 @@ def demo(
         int, typer.Option("--listener-port", help="http_listener port.")
     ] = 8081,
     datadirpath: Annotated[Path | None, typer.Option("--datadirpath")] = None,
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "text",
 ) -> None:
     """A simulated machine, the gateway and the local Datonis platform simulator, in one command."""
-    setup_logging("info")
+    setup_logging(log_level, log_format)
+    if datadirpath is not None:
+        _check_datadir(datadirpath)
     from .instance import run_demo
     from .serving import PortError
 
@@ -166,39 +217,42 @@ def demo(
 
 @app.command()
 def status(datadirpath: DataDir) -> None:
-    """Who is master of DIR, since when, the epoch, the standbys, the outbox depth."""
+    """Who is master of DIR (exit 1 if no live master), the epoch, the standbys, the outbox."""
+    from .ha.liveness import master_view
     from .ha.state import HaFiles
 
-    if not (datadirpath / "ha").is_dir():
-        raise fail(f"{datadirpath} is not a datonis-edge data directory (no ha/ folder)", 1)
-    ha = HaFiles(datadirpath)
-    master = ha.read_master()
+    _require_datadir(datadirpath)
+    view = master_view(datadirpath)
+    ha = HaFiles(datadirpath) if (datadirpath / "ha").is_dir() else None
     typer.echo(f"data directory: {datadirpath}")
-    typer.echo(f"epoch:          {ha.read_epoch()}")
-    if master:
-        age = (time.time() * 1000 - master.get("heartbeat_ms", 0)) / 1000
+    typer.echo(f"epoch:          {ha.read_epoch() if ha else 0}")
+    master = view.info
+    if master and view.live:
         typer.echo(
             f"master:         {master.get('instance_id')} on {master.get('host')} pid {master.get('pid')}, "
-            f"since {_when(master.get('since_ms'))}, last heartbeat {age:.1f} s ago"
+            f"since {_when(master.get('since_ms'))}, last heartbeat {view.heartbeat_age_s:.1f} s ago"
         )
         typer.echo(f"console:        {master.get('console_url')}")
-        if "outbox" in master:
-            ob, c = master["outbox"], master.get("counters", {})
-            typer.echo(
-                f"outbox:         {ob['pending']} events pending ({ob['bytes']} bytes); "
-                f"accepted {c.get('accepted', 0)}, delivered {c.get('delivered', 0)}, "
-                f"declined {c.get('declined', 0)}, evicted {c.get('evicted', 0)}"
-            )
     else:
-        typer.echo("master:         none has run yet")
+        typer.echo(f"master:         {view.why_not_live()}")
+    if master and "outbox" in master:
+        ob, c = master["outbox"], master.get("counters", {})
+        typer.echo(
+            f"outbox:         {ob['pending']} events pending ({ob['bytes']} bytes)"
+            f"{'' if view.live else ' at the last heartbeat'}; "
+            f"accepted {c.get('accepted', 0)}, delivered {c.get('delivered', 0)}, "
+            f"declined {c.get('declined', 0)}, evicted {c.get('evicted', 0)}"
+        )
     now = time.time() * 1000
-    for sb in ha.read_standbys():
+    for sb in ha.read_standbys() if ha else []:
         age = (now - sb.get("heartbeat_ms", 0)) / 1000
-        if age < 30:
+        if age <= view.limit_s:
             typer.echo(
                 f"standby:        {sb.get('instance_id')} on {sb.get('host')} (heartbeat {age:.1f} s ago)"
             )
     typer.echo(f"declined:       {_declined_store(datadirpath).count()} batches")
+    if not view.live:
+        raise typer.Exit(1)
 
 
 def _when(ms: int | None) -> str:
@@ -233,6 +287,7 @@ def declined_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List declined batches with their status and reason."""
+    _require_datadir(datadirpath)
     items = _declined_store(datadirpath).list()
     if as_json:
         import orjson
@@ -261,6 +316,8 @@ def declined_replay(
     from .ha.state import HaFiles
     from .store.outbox import Outbox
 
+    _require_datadir(datadirpath)
+    _check_datadir(datadirpath)
     store = _declined_store(datadirpath)
     items = store.find(ids)
     if not items:
@@ -310,6 +367,8 @@ def declined_purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete declined batches for good (asks first)."""
+    _require_datadir(datadirpath)
+    _check_datadir(datadirpath)
     store = _declined_store(datadirpath)
     items = store.find(ids)
     if not items:

@@ -1,0 +1,133 @@
+"""Logging for the gateway process: level and format from the command line, and a rate limiter.
+
+`setup(level, fmt)` configures the root logger once: `text` is one human line per record,
+`json` is one JSON object per line (time in ISO 8601 UTC, level, logger, message, and every
+`extra={...}` field) for log shippers. Libraries that talk too much (uvicorn, aiohttp, httpx)
+are kept at WARNING whatever the level.
+
+`OnceLogger` is for conditions that repeat (a device that does not answer every scan, an
+uplink that refuses every batch): log the change once, then at most once per interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET_LIBRARIES = ("uvicorn", "uvicorn.error", "uvicorn.access", "aiohttp", "httpx", "httpcore")
+
+# every attribute a bare LogRecord has: whatever else is on a record came from `extra=`
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def level_problem(level: str) -> str | None:
+    """None if `level` is a log level, else the sentence that says which ones are."""
+    if level.lower() in LEVELS:
+        return None
+    return f"--log-level '{level}' is not a log level; use one of {', '.join(LEVELS)}"
+
+
+def format_problem(fmt: str) -> str | None:
+    if fmt.lower() in FORMATS:
+        return None
+    return f"--log-format '{fmt}' is not a log format; use one of {', '.join(FORMATS)}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, then the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    """Configure the root logger (validate with level_problem / format_problem first)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt.lower() == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    for name in QUIET_LIBRARIES:  # one line per request or connection is noise
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class OnceLogger:
+    """Log a state change once, then at most once per interval with a suppressed count.
+
+    Each condition has a key (``"device:plc-1"``, ``"uplink:datonis"``). The first
+    ``log(key, ...)`` of a condition is written at once; repeats within ``interval_s`` are
+    counted, not written; the first repeat after the interval is written with
+    ``" (N more times in the last M s)"`` appended. ``resolve(key, ...)`` writes the recovery
+    once (at INFO by default) and only if the condition had been logged, then forgets it, so
+    the next ``log`` of that key is a new state change and is written at once::
+
+        self._once = OnceLogger(log, interval_s=60)
+        ...
+        self._once.log(f"device:{name}", "device %s does not answer: %s; check ...", name, err)
+        ...
+        self._once.resolve(f"device:{name}", "device %s answers again", name)
+
+    Both return True when a line was written. Not thread-safe: use one per event loop/thread.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._clock = clock
+        self._active: dict[str, list[float | int]] = {}  # key -> [last written at, suppressed]
+
+    def log(self, key: str, msg: str, *args: Any, level: int = logging.WARNING, **kw: Any) -> bool:
+        now = self._clock()
+        state = self._active.get(key)
+        if state is None:
+            self._active[key] = [now, 0]
+            self.logger.log(level, msg, *args, **kw)
+            return True
+        if now - state[0] < self.interval_s:
+            state[1] += 1
+            return False
+        suppressed, since = int(state[1]), now - state[0]
+        self._active[key] = [now, 0]
+        if suppressed:
+            msg += f" ({suppressed} more times in the last {since:.0f} s)"
+        self.logger.log(level, msg, *args, **kw)
+        return True
+
+    def resolve(self, key: str, msg: str, *args: Any, level: int = logging.INFO, **kw: Any) -> bool:
+        if self._active.pop(key, None) is None:
+            return False
+        self.logger.log(level, msg, *args, **kw)
+        return True
+
+    def active(self, key: str) -> bool:
+        return key in self._active
