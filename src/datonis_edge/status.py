@@ -21,9 +21,9 @@ class PartStatus:
 
     name: str
     type: str
-    state: str = (
-        "starting"  # starting | running | connected | disconnected | backing_off | stopped | error
-    )
+    # starting | running | connected | disconnected | retrying | backing_off | degraded |
+    # error | failed (its task died and waits for its restart) | stopped
+    state: str = "starting"
     last_error: str | None = None
     last_error_ms: int | None = None
     last_ok_ms: int | None = None
@@ -41,11 +41,45 @@ class PartStatus:
         if state:
             self.state = state
 
+    def failed(self, message: str) -> None:
+        """Its task died: shown until the restart succeeds; never `running` while down."""
+        self.error(message, "failed")
+        self.count("failures")
+
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by
 
     def snapshot(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class Throttle:
+    """Say a repeated thing once per `interval_s` per key: repeats in between are counted,
+    not logged (DESIGN.md: repeats are rate-limited, never a flood)."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def ready(self, key: str) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        return True
+
+    def missed(self, key: str) -> str:
+        """How many repeats were left unsaid since the last time, as a suffix for the next."""
+        n = self.suppressed.pop(key, 0)
+        return f" ({n} more like it since the last report)" if n else ""
+
+    def forget(self, key: str) -> None:
+        """The condition is over: the next occurrence is news again."""
+        self._last.pop(key, None)
+        self.suppressed.pop(key, None)
 
 
 @dataclass

@@ -42,6 +42,8 @@ class CloudConfig(_Base):
     max_inflight_batches: int = Field(4, ge=1, le=64)
     # plain MQTT uplink (protocol: mqtt); endpoint is mqtt://host:port
     topic: str = "datonis-edge/{thing_key}/events"
+    alerts_topic: str = Field("datonis-edge/alerts", min_length=1)
+    heartbeat_topic: str = Field("datonis-edge/heartbeat", min_length=1)
     qos: Literal[0, 1] = 1
     client_id: str = ""
     username: str = ""
