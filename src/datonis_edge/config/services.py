@@ -64,11 +64,23 @@ class SignatureKey(_Base):
     secret_key: SecretStr
 
 
+class ConnectionLimits(_Base):
+    """What one HTTP server (the console, an http_listener) lets a client hold; the reasons
+    for the defaults are in serving.py."""
+
+    max_connections: int = Field(1000, ge=1, le=100_000)
+    header_timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    body_timeout_ms: int = Field(30_000, ge=100, le=3_600_000)
+    idle_timeout_ms: int = Field(60_000, ge=100, le=3_600_000)
+    max_header_bytes: int = Field(32 << 10, ge=1024, le=1 << 20)
+
+
 class HttpListenerService(_Listener):
     type: Literal["http_listener"]
     host: str = "0.0.0.0"
     port: int = Field(8081, ge=1, le=65_535)
     max_body_bytes: int = Field(16 << 20, ge=1024)
+    limits: ConnectionLimits = Field(default_factory=ConnectionLimits)
     # When set, every request must carry X-Access-Key and a valid X-Dtn-Signature.
     keys: list[SignatureKey] = Field(default_factory=list)
 
