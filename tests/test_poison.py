@@ -8,13 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from datonis_edge.config import CloudConfig
@@ -25,6 +23,7 @@ from datonis_edge.store.declined import DeclinedStore
 from datonis_edge.store.outbox import Outbox
 from datonis_edge.uplinks.base import Uplink
 from helpers import base_config, free_port, wait_until
+from poison import append_segments, deep, event, segment
 
 
 def _listener_config(platform: Any, **cloud: Any) -> tuple[dict[str, Any], str]:
@@ -36,13 +35,8 @@ def _listener_config(platform: Any, **cloud: Any) -> tuple[dict[str, Any], str]:
     return config, f"http://127.0.0.1:{port}/api/v3/things/event.json"
 
 
-def _event(seq: int, **data: Any) -> dict[str, Any]:
-    return {"thing_key": "m1", "timestamp": 1_700_000_000_000 + seq, "data": {"seq": seq, **data}}
-
-
 def _post(url: str, *events: dict[str, Any]) -> None:
-    # the standard library's json: orjson would refuse the deep reading before it is sent
-    r = httpx.post(url, content=json.dumps({"events": list(events)}), timeout=10)
+    r = httpx.post(url, json={"events": list(events)}, timeout=10)
     assert r.status_code == 200, r.text
 
 
@@ -54,54 +48,28 @@ def _declined_records(datadir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return [(p, json.loads(p.read_text())) for p in sorted((datadir / "declined").glob("*.json"))]
 
 
-def _deep(levels: int) -> Any:
-    value: Any = 1
-    for _ in range(levels):
-        value = [value]
-    return value
-
-
-def _append_segments(db: Path, payloads: list[tuple[bytes, int]]) -> None:
-    """Write segments straight into a stopped gateway's outbox, as an old bug might have."""
-    conn = sqlite3.connect(db)
-    try:
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        with conn:
-            for payload, n in payloads:
-                conn.execute(
-                    "INSERT INTO segments(n, nbytes, created_ms, payload) VALUES (?, ?, ?, ?)",
-                    (n, len(payload), int(time.time() * 1000), payload),
-                )
-            conn.execute(
-                "UPDATE counters SET value = value + ? WHERE name = 'accepted'",
-                (sum(n for _, n in payloads),),
-            )
-    finally:
-        conn.close()
-
-
 def test_undecodable_outbox_segments_are_declined_with_their_bytes_and_the_rest_flows(
     platform, gateway_factory
 ) -> None:
     config, url = _listener_config(platform, bulk_max_elements=10)
     gw = gateway_factory(config).start()
-    _post(url, *(_event(i) for i in range(3)))
+    _post(url, *(event(i) for i in range(3)))
     wait_until(lambda: _seqs(platform) == [0, 1, 2], what="first readings delivered")
     assert gw.stop() == 0
 
     truncated = b'[{"thing_key": "m1", "timestamp": 1700000000010, "data": {"seq": 10}'
     not_utf8 = b"\xff\xfe\x00garbage"
-    _append_segments(
-        gw.datadir / "outbox" / "outbox.db",
+    append_segments(
+        gw.datadir,
         [
-            (orjson.dumps([_event(3), _event(4)]), 2),  # good, before the poison
+            segment(event(3), event(4)),  # good, before the poison
             (truncated, 1),
             (not_utf8, 1),
-            (orjson.dumps([_event(5)]), 1),  # good, behind it
+            segment(event(5)),  # good, behind it
         ],
     )
     gw.start()
-    _post(url, *(_event(i) for i in range(6, 10)))  # new readings flow too
+    _post(url, *(event(i) for i in range(6, 10)))  # new readings flow too
     wait_until(
         lambda: sorted(_seqs(platform)) == list(range(10)), what="every good reading delivered"
     )
@@ -124,7 +92,7 @@ def test_undecodable_outbox_segments_are_declined_with_their_bytes_and_the_rest_
     assert listed.returncode == 0 and "could not be decoded" in listed.stdout
 
     # replayable: an operator repairs the record's events and asks for a replay
-    rec["events"] = [_event(10)]
+    rec["events"] = [event(10)]
     path.write_text(json.dumps(rec))
     replay = gw.cli("declined", "replay", "--datadirpath", str(gw.datadir), path.stem)
     assert replay.returncode == 0, replay.stderr
@@ -136,13 +104,16 @@ def test_undecodable_outbox_segments_are_declined_with_their_bytes_and_the_rest_
 def test_events_too_deep_to_encode_are_declined_locally_and_do_not_block(
     platform, gateway_factory
 ) -> None:
-    """orjson writes at most 254 levels: such a reading is accepted (it parses), but no
-    uplink can send it. It must not be retried forever nor hold up what comes after it."""
+    """orjson writes at most 254 levels. Such a reading (kept by a version that did not cap
+    nesting) cannot be sent by any uplink: it must not be retried forever nor hold up what
+    comes after it."""
     config, url = _listener_config(platform, bulk_max_elements=1, max_inflight_batches=1)
     gw = gateway_factory(config).start()
-    _post(url, _event(0, shape=_deep(300)))
-    for i in range(1, 11):
-        _post(url, _event(i))
+    assert gw.stop() == 0
+    append_segments(gw.datadir, [segment(event(0, shape=deep(300)))])
+    append_segments(gw.datadir, [segment(event(i)) for i in range(1, 6)])
+    gw.start()
+    _post(url, *(event(i) for i in range(6, 11)))
     wait_until(lambda: sorted(_seqs(platform)) == list(range(1, 11)), what="the rest delivered")
     st = wait_until(
         lambda: (s := gw.status())["declined_batches"] == 1 and s, what="the deep one declined"
@@ -151,9 +122,10 @@ def test_events_too_deep_to_encode_are_declined_locally_and_do_not_block(
     assert "local error: TypeError: Recursion limit reached" in alert["message"]
     assert "this batch could not be encoded; it is kept for inspection" in alert["message"]
     assert st["forwarder"]["counters"].get("retries", 0) == 0  # not a network fault
+    assert st["counters"]["declined"] == 1
     [(path, rec)] = _declined_records(gw.datadir)
     assert rec["status"] is None and rec["count"] == 1
-    assert rec["events"][0]["data"]["shape"] == _deep(300)  # kept whole, though orjson can't
+    assert rec["events"][0]["data"]["shape"] == deep(300)  # kept whole, though orjson can't
 
     # a replay of what still cannot be encoded is refused, named, and the batch stays declined
     assert gw.cli("declined", "replay", "--datadirpath", str(gw.datadir)).returncode == 0
@@ -204,8 +176,8 @@ async def test_an_uplink_that_raises_is_retried_a_few_times_then_the_batch_is_de
     )
     alerts = Alerts()
     forwarder = Forwarder(outbox, declined, uplink, cloud, epoch=1, alerts=alerts)
-    await outbox.append([_event(0, choke=True)])
-    await outbox.append([_event(i) for i in range(1, 6)])
+    await outbox.append([event(0, choke=True)])
+    await outbox.append([event(i) for i in range(1, 6)])
     caplog.set_level(logging.INFO, logger="datonis_edge")
     task = asyncio.create_task(forwarder.run())
     try:

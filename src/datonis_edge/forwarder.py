@@ -37,8 +37,9 @@ import time
 from collections import deque
 
 from .config import CloudConfig
+from .logs import OnceLogger
 from .model import Batch, Outcome, OutcomeKind
-from .status import Alerts, PartStatus, Throttle
+from .status import Alerts, PartStatus
 from .store.declined import DeclinedStore
 from .store.outbox import Cursor, Outbox, OutboxClosed, ReadResult
 from .store.quarantine import Undecodable, decline_locally, find_undecodable
@@ -94,8 +95,7 @@ class Forwarder:
         self._acks: set[asyncio.Future[None]] = set()
         self._window: deque[tuple[Batch, asyncio.Future[Outcome | None]]] = deque()
         self._undecodable: dict[str, Undecodable] = {}
-        self._throttle = Throttle(60.0)
-        self._unreachable: str | None = None  # the reason, while the uplink answers RETRY
+        self._once = OnceLogger(log, interval_s=60.0)
 
     def stop_soon(self) -> None:
         """Finish the requests on the wire, abandon the retries, then stop (a clean hand-over)."""
@@ -235,15 +235,16 @@ class Forwarder:
 
     def _uplink_raised(self, batch: Batch, exc: Exception, times: int) -> Outcome:
         what = f"{exc.__class__.__name__}: {exc}"
-        if self._throttle.ready(f"raised {self.uplink.status.name}"):
-            log.error(
-                "uplink %s failed on batch %s (%s); retrying it %d times, then it is declined "
-                "locally and kept for inspection; this is a bug, please report it",
-                self.uplink.status.name,
-                batch.batch_id,
-                what,
-                LOCAL_ERROR_ATTEMPTS,
-            )
+        self._once.log(
+            f"raised {self.uplink.status.name}",
+            "uplink %s failed on batch %s (%s); it is tried %d times, then declined locally "
+            "and kept for inspection; this is a bug, please report it",
+            self.uplink.status.name,
+            batch.batch_id,
+            what,
+            LOCAL_ERROR_ATTEMPTS,
+            level=logging.ERROR,
+        )
         log.debug("uplink %s raised", self.uplink.status.name, exc_info=exc)
         if times >= LOCAL_ERROR_ATTEMPTS:
             return local_decline(
@@ -252,16 +253,13 @@ class Forwarder:
         return Outcome(OutcomeKind.RETRY, None, f"uplink error: {what}")
 
     def _report_unreachable(self, outcome: Outcome) -> None:
-        """Once per outage (and once a minute while it lasts) at WARNING; recovery at INFO."""
-        if self._unreachable is None:
-            self._throttle.forget("unreachable")
-        self._unreachable = outcome.reason
-        if self._throttle.ready("unreachable"):
-            log.warning(
-                "uplink %s: %s; retrying with backoff, events stay in the outbox",
-                self.uplink.status.name,
-                outcome.reason,
-            )
+        """Once per outage (then once a minute while it lasts) at WARNING; recovery at INFO."""
+        self._once.log(
+            "unreachable",
+            "uplink %s: %s; retrying with backoff, events stay in the outbox",
+            self.uplink.status.name,
+            outcome.reason,
+        )
 
     async def _settle(self, batch: Batch, outcome: Outcome) -> None:
         if outcome.kind is not OutcomeKind.DECLINED or outcome.status is not None:
@@ -279,10 +277,7 @@ class Forwarder:
         await self._decline(batch, outcome)
 
     def _reachable_again(self) -> None:
-        if self._unreachable is not None:
-            log.info("uplink %s answers again", self.uplink.status.name)
-            self._unreachable = None
-            self._throttle.forget("unreachable")
+        self._once.resolve("unreachable", "uplink %s answers again", self.uplink.status.name)
 
     async def _decline(self, batch: Batch, outcome: Outcome) -> None:
         bad = self._undecodable.pop(batch.batch_id, None)
@@ -323,9 +318,7 @@ class Forwarder:
             f"batch {batch.batch_id} ({count} events) declined: {outcome.reason}; "
             f"kept as declined/{item.path.name}; {hint}"
         )
-        key = f"declined {outcome.status}"
-        if self._throttle.ready(key):
-            log.error("%s%s", message, self._throttle.missed(key))
+        self._once.log(f"declined {outcome.status}", "%s", message, level=logging.ERROR)
         first = batch.events[0] if batch.events else None
         self.alerts.raise_(
             "error",

@@ -23,9 +23,10 @@ from typing import Any
 from .adapters import Adapter, ReadingSink, Rejected, adapter_class
 from .config import Config
 from .forwarder import Backoff, Forwarder
+from .logs import OnceLogger
 from .model import Outcome, OutcomeKind
 from .serving import PortError
-from .status import Alert, Alerts, PartStatus, Throttle
+from .status import Alert, Alerts, PartStatus
 from .store.declined import DeclinedStore
 from .store.outbox import Outbox, OutboxClosed, OutboxFull
 from .store.quarantine import cancel_replay
@@ -80,7 +81,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self._alert_queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=1000)
         self._stopping = asyncio.Event()
-        self._throttle = Throttle(60.0)
+        self._once = OnceLogger(log, interval_s=60.0)
         # what `_spawn` restarts, by task name (start() names them)
         self._parts: dict[str, Part] = {}
         self._part("forwarder", self.forwarder.status, self.forwarder.run)
@@ -197,9 +198,11 @@ class Gateway:
         part.status.failed(f"{cause}; {again}")
         first = not part.failing
         part.failing = True
-        if first and self._throttle.ready(f"failed {part.name}"):
+        # never resolved: a part that flaps is logged at most once a minute (with a count)
+        if first and self._once.log(
+            f"failed {part.name}", "%s failed: %s; %s", part.name, cause, again, level=logging.ERROR
+        ):
             part.reported = True
-            log.error("%s failed: %s; %s", part.name, cause, again)
             log.debug("%s failed", part.name, exc_info=exc)  # the traceback, for a bug report
             self.alerts.raise_("error", f"{part.name} failed: {cause}; {again}")
 
@@ -276,8 +279,7 @@ class Gateway:
                     raise TypeError("'events' is not a list of events")
                 await self.outbox.append(events)
             except OutboxFull as exc:
-                if self._throttle.ready("replay outbox full"):
-                    log.warning("replay waits: %s", exc)
+                self._once.log("replay outbox full", "replay waits: %s", exc)
                 break  # the outbox is full: the rest stay marked for the next round
             except (TypeError, ValueError) as exc:
                 await asyncio.to_thread(cancel_replay, item)
@@ -320,9 +322,14 @@ class Gateway:
 
     def _report_unsent(self, what: str, outcome: Outcome) -> None:
         if outcome.kind is OutcomeKind.DELIVERED:
-            self._throttle.forget(f"{what} not delivered")
-        elif self._throttle.ready(f"{what} not delivered"):
-            log.warning("%s not delivered to the platform: %s", what, outcome.reason)
+            self._once.resolve(f"{what} not delivered", "%ss reach the platform again", what)
+        else:
+            self._once.log(
+                f"{what} not delivered",
+                "%s not delivered to the platform: %s",
+                what,
+                outcome.reason,
+            )
 
     # ------------------------------------------------------------------ status
 

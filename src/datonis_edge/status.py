@@ -53,35 +53,6 @@ class PartStatus:
         return asdict(self)
 
 
-class Throttle:
-    """Say a repeated thing once per `interval_s` per key: repeats in between are counted,
-    not logged (DESIGN.md: repeats are rate-limited, never a flood)."""
-
-    def __init__(self, interval_s: float = 60.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self.suppressed: dict[str, int] = {}
-
-    def ready(self, key: str) -> bool:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            return False
-        self._last[key] = now
-        return True
-
-    def missed(self, key: str) -> str:
-        """How many repeats were left unsaid since the last time, as a suffix for the next."""
-        n = self.suppressed.pop(key, 0)
-        return f" ({n} more like it since the last report)" if n else ""
-
-    def forget(self, key: str) -> None:
-        """The condition is over: the next occurrence is news again."""
-        self._last.pop(key, None)
-        self.suppressed.pop(key, None)
-
-
 @dataclass
 class Alert:
     level: str  # info | warning | error
