@@ -268,6 +268,7 @@ def _check_thing_key(key: Any) -> None:
 
 
 def _check_timestamp(ts: Any) -> int:
+    sent = ts
     if type(ts) is float:
         if not -_INF < ts < _INF:
             raise _Fault(f"{_show(ts)} is not a number of milliseconds", "timestamp")
@@ -280,8 +281,8 @@ def _check_timestamp(ts: Any) -> int:
         )
     if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
         raise _Fault(
-            f"{_show(ts)} is out of range; epoch milliseconds from {MIN_TIMESTAMP_MS} (1970) to "
-            f"before {MAX_TIMESTAMP_MS} (year 10000) are accepted",
+            f"{_show(sent)} is out of range; epoch milliseconds from {MIN_TIMESTAMP_MS} (1970) "
+            f"to before {MAX_TIMESTAMP_MS} (year 10000) are accepted",
             "timestamp",
         )
     return ts
