@@ -11,6 +11,8 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from datonis_edge.model import Batch, Outcome, OutcomeKind
+from datonis_edge.uplinks.base import Uplink
 from helpers import base_config, free_port, simulator_service, wait_until
 from poison import append_segments, deep, event, segment
 
@@ -96,3 +98,13 @@ def test_mqtt_uplink_publishes_alerts_and_heartbeats_and_hides_credentials(
         assert "s3cret-pw" not in first.proc.log() + gw.proc.log()
     finally:
         sub.close()
+
+
+async def test_an_uplink_without_alert_or_heartbeat_channels_says_not_sent() -> None:
+    class Bare(Uplink):
+        async def send(self, batch: Batch) -> Outcome:
+            return Outcome.delivered()
+
+    bare = Bare("bare")
+    for outcome in (await bare.alert(None, "error", "x"), await bare.heartbeat(["m1"])):
+        assert outcome.kind is OutcomeKind.DECLINED and outcome.reason.startswith("not sent")

@@ -221,11 +221,13 @@ class Forwarder:
             except Exception as exc:  # an uplink must not raise: a bug, or data it chokes on
                 raised += 1
                 outcome = self._uplink_raised(batch, exc, raised)
+            else:
+                if outcome.kind is OutcomeKind.RETRY:
+                    self._report_unreachable(outcome)
             if outcome.kind is not OutcomeKind.RETRY:
                 return outcome
             if self._stopping:
                 return None  # left in the outbox for the next master
-            self._report_unreachable(outcome)
             wait = outcome.retry_after_s
             delay = wait if wait is not None else self.retry_backoff.next()
             self.status.error(f"{outcome.reason}; retrying in {delay:.1f} s", "retrying")

@@ -175,7 +175,9 @@ class Gateway:
             )
             try:
                 await coro
-                return  # finished on its own (a stop asked for it)
+                if not self._stopping.is_set():  # it ended on its own: not running any more
+                    part.status.state = "stopped"
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -225,7 +227,10 @@ class Gateway:
             part = self._parts.get(task.get_name())
             if part is not None:
                 part.status.failed(f"{exc.__class__.__name__}: {exc}; not restarted")
-            log.error("%s stopped: %s", task.get_name(), exc, exc_info=exc)
+            log.error(
+                "%s stopped and is not restarted: %s; please report this bug", task.get_name(), exc
+            )
+            log.debug("%s stopped", task.get_name(), exc_info=exc)
             self.alerts.raise_("error", f"{task.get_name()} stopped: {exc}")
 
     async def _keep_running(self, adapter: Adapter) -> None:
