@@ -94,9 +94,11 @@ def test_a_failed_forwarder_is_shown_failed_then_restarted_and_delivers(
     assert r.status_code == 200
 
     st = wait_until(
-        lambda: (f := gw.status()["forwarder"])["state"] == "failed"
-        and f["counters"].get("failures", 0) >= 2
-        and f,
+        lambda: (
+            (f := gw.status()["forwarder"])["state"] == "failed"
+            and f["counters"].get("failures", 0) >= 2
+            and f
+        ),
         what="the forwarder shown failed, twice",
     )
     assert "declined" in st["last_error"] and "restarting in" in st["last_error"]
