@@ -62,9 +62,13 @@ def answer_of(sock: socket.socket, timeout: float = 10) -> bytes:
     """Everything the server sends until it closes the connection."""
     sock.settimeout(timeout)
     out = b""
-    with contextlib.suppress(OSError):
+    try:
         while data := sock.recv(65536):
             out += data
+    except TimeoutError:
+        raise AssertionError(f"not closed within {timeout} s; got {out!r}") from None
+    except OSError:  # reset: closed too
+        pass
     return out
 
 

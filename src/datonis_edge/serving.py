@@ -156,7 +156,7 @@ class _Alarms:
         if now - self._logged.get(kind, -_ALARM_EVERY_S) >= _ALARM_EVERY_S:
             self._logged[kind] = now
             log.warning(
-                "%s: %s (%d times since last logged)", self.name, message, self._counts.pop(kind)
+                "%s: %s (%d since this was last logged)", self.name, message, self._counts.pop(kind)
             )
 
 
@@ -190,10 +190,12 @@ class _GuardedProtocol(HttpToolsProtocol):
         app_state: dict[str, Any],
         limits: _Limits,
         alarms: _Alarms,
+        slot: _Slot,
     ) -> None:
         super().__init__(config, server_state, app_state)
         self.limits = limits
         self.alarms = alarms
+        self.slot = slot
         self.phase: str | None = None  # "head" or "body" while we wait on the client
         self.deadline = 0.0  # loop time the current phase must end by
         self.timer: asyncio.TimerHandle | None = None
@@ -282,6 +284,7 @@ class _GuardedProtocol(HttpToolsProtocol):
             self.timer.cancel()
             self.timer = None
         self.phase = None
+        self.slot.release()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -363,18 +366,16 @@ class _Acceptor:
     def __init__(
         self,
         sock: socket.socket,
-        make_protocol: Callable[[], asyncio.Protocol],
-        connections: set[Any],
+        make_protocol: Callable[[_Slot], asyncio.Protocol],
         max_connections: int,
         alarms: _Alarms,
     ) -> None:
         self.sock = sock
         self.make_protocol = make_protocol
-        self.connections = connections
         self.max_connections = max_connections
         self.alarms = alarms
         self.loop = asyncio.get_running_loop()
-        self.pending = 0  # accepted, protocol not yet connected
+        self.open = 0  # accepted and not yet closed
         self.tasks: set[asyncio.Task[None]] = set()
         self.resume: asyncio.TimerHandle | None = None
         self.closed = False
@@ -405,7 +406,7 @@ class _Acceptor:
             except OSError as exc:
                 self._accept_failed(exc)
                 return
-            if len(self.connections) + self.pending >= self.max_connections:
+            if self.open >= self.max_connections:
                 _refuse_unserved(conn)
                 self.alarms.note(
                     "too_many",
@@ -419,18 +420,32 @@ class _Acceptor:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.pending += 1
-        task = self.loop.create_task(self._connect(conn))
+        slot = _Slot(self)
+        task = self.loop.create_task(self._connect(conn, slot))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, slot: _Slot) -> None:
         try:
-            await self.loop.connect_accepted_socket(self.make_protocol, conn)
+            await self.loop.connect_accepted_socket(lambda: self.make_protocol(slot), conn)
         except Exception:  # the peer left before we got to it
             conn.close()
-        finally:
-            self.pending -= 1
+            slot.release()
+
+
+class _Slot:
+    """One accepted connection's place under max_connections, given back once."""
+
+    __slots__ = ("acceptor",)
+
+    def __init__(self, acceptor: _Acceptor) -> None:
+        self.acceptor: _Acceptor | None = acceptor
+        acceptor.open += 1
+
+    def release(self) -> None:
+        if self.acceptor is not None:
+            self.acceptor.open -= 1
+            self.acceptor = None
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
@@ -510,13 +525,13 @@ class _Server(uvicorn.Server):
         await self.lifespan.startup()
         config, state = self.config, self.server_state
 
-        def make_protocol() -> asyncio.Protocol:
-            return _GuardedProtocol(config, state, self.lifespan.state, self.limits, self.alarms)
+        def make_protocol(slot: _Slot) -> asyncio.Protocol:
+            return _GuardedProtocol(
+                config, state, self.lifespan.state, self.limits, self.alarms, slot
+            )
 
         acceptors = [
-            _Acceptor(
-                sock, make_protocol, state.connections, self.limits.max_connections, self.alarms
-            )
+            _Acceptor(sock, make_protocol, self.limits.max_connections, self.alarms)
             for sock in sockets or []
         ]
         for acceptor in acceptors:
