@@ -43,6 +43,9 @@ HEARTBEAT_PATH = "/api/v3/things/heartbeat.json"
 ALERTS_PATH = "/api/v3/alerts.json"
 
 
+_TOO_DEEP = f"the body is nested too deep; at most {MAX_DEPTH} levels are accepted in data"
+
+
 class BadRequest(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -56,6 +59,8 @@ def parse_events(body: bytes, now_ms: int) -> list[dict[str, Any]]:
     try:
         payload = orjson.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError alike
+        if isinstance(exc, RecursionError) or "depth limit" in str(exc):
+            raise BadRequest(422, _TOO_DEEP) from None  # valid JSON, only too deep to read
         raise BadRequest(
             400, f'the body is not valid JSON ({exc}); send one event or {{"events": [...]}}'
         ) from None
@@ -87,9 +92,7 @@ def _repeats_events_key(body: bytes) -> bool:
     except ValueError:
         return False  # orjson read it: its reading stands
     except RecursionError:
-        raise BadRequest(
-            422, f"the body is nested too deep; at most {MAX_DEPTH} levels are accepted in data"
-        ) from None
+        raise BadRequest(422, _TOO_DEEP) from None
     return [k for k, _ in last[0]].count("events") > 1
 
 

@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ..config import MqttListenerService
 from ..logs import OnceLogger
-from ..readings import InvalidReading, check_reading
+from ..readings import MAX_DEPTH, InvalidReading, check_reading
 from .base import Adapter, ReadingSink, Rejected
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ def parse_payload(
     try:
         obj = orjson.loads(payload)
     except (ValueError, RecursionError) as exc:
+        if isinstance(exc, RecursionError) or "depth limit" in str(exc):
+            raise InvalidReading(
+                f"payload is nested too deep; at most {MAX_DEPTH} levels are accepted in data"
+            ) from None
         raise InvalidReading(f"payload is not JSON ({exc})") from None
     if type(obj) is not dict:
         raise InvalidReading("payload must be a JSON object: an event, or tag: value pairs")
