@@ -9,6 +9,10 @@
 # /etc/systemd/system/datonis-edge.service whose ExecStart carries --datadirpath, and enables and
 # starts it where systemd runs. Point --datadirpath at a shared directory on every node: that
 # is all failover needs. Safe to run again.
+#
+# Every file under the data directory must belong to the service user: root-owned ones (a
+# `sudo datonis-edge run` leaves them) are given to it, after asking on a terminal. A --config
+# that differs from the one in the data directory is refused while a master runs it.
 set -euo pipefail
 
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -74,29 +78,36 @@ if [ ! -d "$datadir" ]; then
     mkdir -p "$datadir"
     chown "$user:$user" "$datadir"
 fi
-probe="$datadir/.install-write-test.$$"
-writable() { su -s /bin/sh "$user" -c "touch '$probe' && rm -f '$probe'" 2>/dev/null; }
-if ! writable && [ -z "$(ls -A "$datadir")" ]; then
-    say "giving the empty data directory $datadir to $user"
-    chown "$user:$user" "$datadir" || true
-fi
-if ! writable; then
-    die "the data directory $datadir is not writable by user $user; on a shared mount give $user (uid $(id -u "$user")) write access on every node"
-fi
+# the whole tree, not only its top: one `sudo datonis-edge run` leaves root-owned files inside
+give_tree_to "$user" "$datadir"
+check_writable "$user" "$datadir"
 
 target="$prefix/$version"
 say "installing datonis-edge $version into $target (offline, from the bundle's wheels)"
 mkdir -p "$prefix"
 install_version "$target" "$version" "$here/wheels"
+stored="$datadir/config/edge.yaml"
+if [ -n "$config" ]; then
+    "$target/bin/datonis-edge" config validate "$config" || die "the config $config is not valid (see above); nothing was changed in $datadir"
+    # a live master keeps running the stored config: replacing it under it would lie
+    if [ -f "$stored" ] && ! cmp -s "$config" "$stored" \
+        && master=$("$target/bin/datonis-edge" status --datadirpath "$datadir" 2>/dev/null); then
+        master=$(echo "$master" | sed -n 's/^master: *\([^,]*\).*/\1/p')
+        die "$datadir already has a configuration that differs from $config, and $master is master running it; to change the configuration stop every instance and install with --config again, or edit it in the console"
+    fi
+fi
 switch_current "$prefix" "$target"
 mkdir -p "$prefix/current/docs" && cp -r "$here"/docs/. "$prefix/current/docs/" 2>/dev/null || true
 say "$prefix/current -> $target"
 
 if [ -n "$config" ]; then
-    "$target/bin/datonis-edge" config validate "$config" || die "the config $config is not valid (see above); nothing was changed in $datadir"
+    if [ -f "$stored" ] && ! cmp -s "$config" "$stored"; then
+        install -m 0640 -o "$user" -g "$user" "$stored" "$stored.bak"
+        say "keeping the previous $stored as edge.yaml.bak"
+    fi
     install -d -o "$user" -g "$user" "$datadir/config"
-    install -m 0640 -o "$user" -g "$user" "$config" "$datadir/config/edge.yaml"
-    say "imported $config into $datadir/config/edge.yaml"
+    install -m 0640 -o "$user" -g "$user" "$config" "$stored"
+    say "imported $config into $stored"
 fi
 
 unit="$unit_dir/datonis-edge.service"

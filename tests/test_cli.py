@@ -51,9 +51,7 @@ def _config(**cloud) -> dict:
 def test_an_unknown_log_level_or_format_exits_2_with_the_allowed_ones(
     tmp_path: Path, args: list[str], env: dict[str, str], expected: str
 ) -> None:
-    result = CliRunner().invoke(
-        app, ["run", "--datadirpath", str(tmp_path / "d"), *args], env=env
-    )
+    result = CliRunner().invoke(app, ["run", "--datadirpath", str(tmp_path / "d"), *args], env=env)
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {expected}")
     if "level" in expected:

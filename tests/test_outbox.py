@@ -74,6 +74,7 @@ async def test_recovery_keeps_committed_and_partly_acked_state(tmp_path: Path) -
             "declined": 0,
             "evicted": 0,
             "rejected": 0,
+            "lost": 0,
         }
         assert await _drain(again, 100) == list(range(15, 20))
     finally:

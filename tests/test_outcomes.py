@@ -214,3 +214,21 @@ def test_bodies_in_every_shape_arrive_exactly_as_sent(platform, gateway_factory)
         and got[4]["data"] == {"v": 3}
         and got[4]["timestamp"] > 1_700_000_000_000
     )
+
+
+def test_endpoint_credentials_never_show(platform, gateway_factory) -> None:
+    """A `user:password@host` endpoint is shown as `***@host` in the status, alerts and logs."""
+    endpoint = platform.url.replace("http://", "http://edge:pw-s3cret@")
+    config, url = _listener_config(platform, endpoint=endpoint)
+    gw = gateway_factory(config).start()
+    _post(url, 0, 3)
+    wait_until(lambda: _seqs(platform) == [0, 1, 2], what="delivered with credentials in the URL")
+    uplink = gw.status()["uplinks"][0]
+    shown = platform.url.replace("http://", "http://***@")
+    assert uplink["name"] == f"datonis {shown}" and uplink["details"]["endpoint"] == shown
+    platform.fault(drop=True, count=1)  # a connection error names the URL it failed on
+    _post(url, 3, 1)
+    wait_until(lambda: 3 in _seqs(platform), what="delivered after a dropped connection")
+    assert "pw-s3cret" not in str(gw.status())
+    assert gw.stop() == 0
+    assert "pw-s3cret" not in gw.proc.log()

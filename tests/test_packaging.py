@@ -263,7 +263,10 @@ def _newer_bundle(tmp_path: Path, bundle: Path, version: str) -> Path:
     return newer
 
 
-def test_classic_install_and_upgrade_offline_in_a_debian_container(podman, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def classic_node(podman, tmp_path_factory) -> Path:
+    """The release bundle and a newer one (0.1.1) unpacked in a work dir, the Debian image built,
+    and edge.yaml: what a Debian node with no network gets."""
     run(["make", "-C", str(ROOT), "dist"], os.environ.copy(), timeout=900)
     run(
         [
@@ -280,6 +283,7 @@ def test_classic_install_and_upgrade_offline_in_a_debian_container(podman, tmp_p
         podman,
         timeout=1800,
     )
+    tmp_path = tmp_path_factory.mktemp("classic")
     work = tmp_path / "node"
     work.mkdir()
     with tarfile.open(ROOT / "dist" / f"datonis-edge-{VERSION}.tar.gz") as tar:
@@ -289,42 +293,13 @@ def test_classic_install_and_upgrade_offline_in_a_debian_container(podman, tmp_p
     config = base_config(None)
     config["services"] = [simulator_service("k", scan_interval_ms=1000, name="sim")]
     (work / "edge.yaml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    script = f"""
-set -e
-cd /work
-bad=$(su -s /bin/sh nobody -c './datonis-edge-{VERSION}/install_edge_service.sh' 2>&1 || true)
-echo "$bad" | grep -q 'run it as root'
-./datonis-edge-{VERSION}/install_edge_service.sh --datadirpath /shared --http-port {port} --config /work/edge.yaml --no-start
-./datonis-edge-{VERSION}/install_edge_service.sh --datadirpath /shared --http-port {port} --no-start   # idempotent
-grep -q -- '--datadirpath /shared --http-port {port}' /etc/systemd/system/datonis-edge.service
-systemd-analyze verify /etc/systemd/system/datonis-edge.service
-exec_start=$(sed -n 's/^ExecStart=//p' /etc/systemd/system/datonis-edge.service)
-ready() {{ python3 -c "import urllib.request,sys,time
-for _ in range(100):
-    try:
-        urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=1); sys.exit(0)
-    except OSError: time.sleep(0.2)
-sys.exit(1)"; }}
-setpriv --reuid=datonis --regid=datonis --init-groups $exec_start > /work/run1.log 2>&1 &
-pid=$!
-ready
-kill -TERM $pid; wait $pid || true
-test -f /shared/outbox/outbox.db && test -f /shared/ha/epoch
-./datonis-edge-0.1.1/upgrade_edge_service.sh --no-restart
-readlink /opt/datonis-edge/current | grep -q 0.1.1
-/opt/datonis-edge/current/bin/datonis-edge version | grep -q 0.1.1
-setpriv --reuid=datonis --regid=datonis --init-groups $exec_start > /work/run2.log 2>&1 &
-pid=$!
-ready
-kill -TERM $pid; wait $pid || true
-cat /shared/ha/epoch
-echo CLASSIC-INSTALL-OK
-"""
-    (work / "test.sh").write_text(script)
-    shared = tmp_path / "shared"
+    return work
+
+
+def _on_debian_node(podman, work: Path, shared: Path, script: str, name: str):
+    (work / f"{name}.sh").write_text(script)
     shared.mkdir()
-    proc = run(
+    return run(
         [
             "podman",
             "run",
@@ -337,15 +312,122 @@ echo CLASSIC-INSTALL-OK
             f"{shared}:/shared",
             "dte-debian-node",
             "bash",
-            "/work/test.sh",
+            f"/work/{name}.sh",
         ],
         podman,
         timeout=900,
         check=False,
     )
+
+
+# waits for /readyz of the gateway on PORT (shell function for the node scripts)
+READY = """ready() {{ python3 -c "import urllib.request,sys,time
+for _ in range(100):
+    try:
+        urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=1); sys.exit(0)
+    except OSError: time.sleep(0.2)
+sys.exit(1)"; }}"""
+
+
+def test_classic_install_and_upgrade_offline_in_a_debian_container(
+    podman, classic_node: Path, tmp_path: Path
+) -> None:
+    work = classic_node
+    port = free_port()
+    script = f"""
+set -e
+cd /work
+bad=$(su -s /bin/sh nobody -c './datonis-edge-{VERSION}/install_edge_service.sh' 2>&1 || true)
+echo "$bad" | grep -q 'run it as root'
+./datonis-edge-{VERSION}/install_edge_service.sh --datadirpath /shared --http-port {port} --config /work/edge.yaml --no-start
+./datonis-edge-{VERSION}/install_edge_service.sh --datadirpath /shared --http-port {port} --no-start   # idempotent
+grep -q -- '--datadirpath /shared --http-port {port}' /etc/systemd/system/datonis-edge.service
+systemd-analyze verify /etc/systemd/system/datonis-edge.service
+exec_start=$(sed -n 's/^ExecStart=//p' /etc/systemd/system/datonis-edge.service)
+{READY.format(port=port)}
+setpriv --reuid=datonis --regid=datonis --init-groups $exec_start > /work/run1.log 2>&1 &
+pid=$!
+ready
+kill -TERM $pid; wait $pid || true
+test -f /shared/outbox/outbox.db && test -f /shared/ha/epoch
+./datonis-edge-0.1.1/upgrade_edge_service.sh --no-restart
+readlink /opt/datonis-edge/current | grep -q 0.1.1
+/opt/datonis-edge/current/bin/datonis-edge version | grep -q 0.1.1
+setpriv --reuid=datonis --regid=datonis --init-groups $exec_start > /work/run2.log 2>&1 &
+pid=$!
+ready
+kill -TERM $pid; wait $pid || true
+# one `sudo datonis-edge run` leaves root-owned files; installing again gives them back
+$exec_start > /work/run-as-root.log 2>&1 &
+pid=$!
+ready
+kill -TERM $pid; wait $pid || true
+grep -q 'running as root: files created in /shared' /work/run-as-root.log
+test -n "$(find /shared ! -user datonis)"
+./datonis-edge-0.1.1/install_edge_service.sh --datadirpath /shared --http-port {port} --no-start < /dev/null > /work/reinstall.log
+grep -q 'under /shared are owned by root, not by datonis' /work/reinstall.log
+test -z "$(find /shared ! -user datonis)"
+cat /shared/ha/epoch
+echo CLASSIC-INSTALL-OK
+"""
+    proc = _on_debian_node(podman, work, tmp_path / "shared", script, "install")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "CLASSIC-INSTALL-OK" in proc.stdout
-    assert (
-        proc.stdout.strip().splitlines()[-2] == "2"
-    )  # two starts, two epochs: the data directory survived
-    assert (shared / "config" / "edge.yaml").exists()
+    # three starts, three epochs: the data directory survived
+    assert proc.stdout.strip().splitlines()[-2] == "3"
+    assert (tmp_path / "shared" / "config" / "edge.yaml").exists()
+
+
+def test_upgrade_with_datadirpath_moves_a_single_install_into_a_shared_directory(
+    podman, classic_node: Path, tmp_path: Path
+) -> None:
+    work = classic_node
+    port = free_port()
+    unit = "/etc/systemd/system/datonis-edge.service"
+    script = f"""
+set -e
+cd /work
+./datonis-edge-{VERSION}/install_edge_service.sh --http-port {port} --config /work/edge.yaml --no-start
+grep -q -- '--datadirpath /opt/datonis-edge-data --http-port {port}' {unit}
+{READY.format(port=port)}
+start() {{
+    setpriv --reuid=datonis --regid=datonis --init-groups $(sed -n 's/^ExecStart=//p' {unit}) > /work/$1.log 2>&1 &
+    pid=$!
+    ready
+    kill -TERM $pid; wait $pid || true
+}}
+start single
+test -f /opt/datonis-edge-data/outbox/outbox.db && test "$(cat /opt/datonis-edge-data/ha/epoch)" = 1
+
+# refused: the shared directory already holds data (another gateway's)
+mkdir -p /shared/outbox /shared/config && echo other > /shared/config/edge.yaml && echo x > /shared/outbox/outbox.db
+if ./datonis-edge-0.1.1/upgrade_edge_service.sh --datadirpath /shared --no-restart > /work/refused.log 2>&1; then
+    echo "the upgrade should have been refused"; exit 1
+fi
+cat /work/refused.log
+grep -q 'both the current data directory /opt/datonis-edge-data (config/ .*ha/ outbox/.*) and /shared (config/ outbox/) hold data' /work/refused.log
+grep -q 'nothing was changed' /work/refused.log
+grep -q -- '--datadirpath /opt/datonis-edge-data --http-port' {unit}
+test "$(cat /shared/config/edge.yaml)" = other && cmp /work/edge.yaml /opt/datonis-edge-data/config/edge.yaml
+readlink /opt/datonis-edge/current | grep -q {VERSION}
+rm -rf /shared/outbox /shared/config
+
+./datonis-edge-0.1.1/upgrade_edge_service.sh --datadirpath /shared --no-restart
+grep -q -- '--datadirpath /shared --http-port {port}' {unit}
+grep -qx 'RequiresMountsFor=/shared' {unit}
+systemd-analyze verify {unit}
+readlink /opt/datonis-edge/current | grep -q 0.1.1
+test -z "$(ls -A /opt/datonis-edge-data)"
+test -f /shared/outbox/outbox.db && cmp /work/edge.yaml /shared/config/edge.yaml
+test -z "$(find /shared ! -user datonis)" && test ! -e /shared/.moved-from
+start shared
+/opt/datonis-edge/current/bin/datonis-edge status --datadirpath /shared || echo "status: $?"
+cat /shared/ha/epoch
+echo MOVE-OK
+"""
+    proc = _on_debian_node(podman, work, tmp_path / "shared", script, "move")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "MOVE-OK" in proc.stdout
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2] == "2"  # the second start continued the moved epoch
+    assert lines[-3] == "status: 1"  # stopped: no live master, and status says so

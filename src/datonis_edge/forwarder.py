@@ -8,10 +8,23 @@ DESIGN.md's outcome table lives here and nowhere else:
                 batch is the probe: the moment the platform accepts again, batches flow.
     RETRY     → the same batch again after Retry-After, or exponential backoff with jitter.
 
+What fails on this side of the wire is no network fault and would fail forever, so it must
+not hold up the batches behind it (store/quarantine.py keeps it for inspection, replayable):
+
+    the uplink answers a local DECLINED (status None: the batch does not encode)
+                → declined/ like a 422, with the local reason; counted, alerted.
+    the uplink *raises* on a batch (a bug, or data it chokes on)
+                → retried with backoff LOCAL_ERROR_ATTEMPTS times, then declined locally.
+    an outbox segment does not decode (invalid JSON stored by an old bug)
+                → declined with its raw bytes, acknowledged in order; reading goes on.
+
 Up to `max_inflight_batches` are on the wire at once (a WAN round trip would otherwise cap
 the drain rate), but they are settled strictly in outbox order: a batch is acknowledged only
 after every batch before it was. With 1, events also arrive in the order they were accepted.
 A batch keeps its id across retries so the platform can spot a duplicate.
+
+On a stop, a batch waiting to be retried is abandoned at once and a request on the wire gets
+what is left of the stop's budget (Gateway.stop): either way the batch stays in the outbox.
 """
 
 from __future__ import annotations
@@ -24,13 +37,18 @@ import time
 from collections import deque
 
 from .config.models import CloudBase
+from .logs import OnceLogger
 from .model import Batch, Outcome, OutcomeKind
 from .status import Alerts, PartStatus
 from .store.declined import DeclinedStore
-from .store.outbox import Cursor, Outbox, ReadResult
-from .uplinks.base import Uplink
+from .store.outbox import Cursor, Outbox, OutboxClosed, ReadResult
+from .store.quarantine import Undecodable, decline_locally, find_undecodable
+from .uplinks.base import Uplink, is_local, local_decline
 
 log = logging.getLogger(__name__)
+
+# an uplink that raised on the same batch this often is failing on the batch, not the network
+LOCAL_ERROR_ATTEMPTS = 3
 
 
 class Backoff:
@@ -73,43 +91,61 @@ class Forwarder:
         self.keys_suspect = False
         self._last_send = 0.0
         self._stopping = False
+        self._stop = asyncio.Event()
         self._acks: set[asyncio.Future[None]] = set()
-        self._window: deque[tuple[Batch, asyncio.Task[Outcome]]] = deque()
+        self._window: deque[tuple[Batch, asyncio.Future[Outcome | None]]] = deque()
+        self._undecodable: dict[str, Undecodable] = {}
+        self._once = OnceLogger(log, interval_s=60.0)
 
     def stop_soon(self) -> None:
-        """Finish the batches in flight, then stop (used on a clean hand-over)."""
+        """Finish the requests on the wire, abandon the retries, then stop (a clean hand-over)."""
         self._stopping = True
+        self._stop.set()  # wake every retry and backoff wait
         if self.outbox.changed is not None:
             self.outbox.changed.set()  # wake a wait for more events
+
+    async def _stopped_within(self, delay: float) -> bool:
+        """Wait `delay` seconds; True at once if a stop was asked for meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        return self._stop.is_set()
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
         """Keep up to max_inflight_batches on the wire; settle them strictly in outbox order."""
         cursor: Cursor = await self.outbox.head()
-        self.status.state = "running"
+        self.status.ok("running")
         window = self._window
         try:
             while not (self._stopping and not window):
                 limit = 1 if self.keys_suspect else self.cloud.max_inflight_batches
                 while len(window) < limit and not self._stopping:
                     got = await self._next_events(cursor, wait=not window)
+                    if isinstance(got, Undecodable):
+                        batch, cursor = self._refuse_undecodable(got), (got.segment, got.n)
+                        self.outbox.hold(batch.cursor)
+                        window.append((batch, _done(local_decline_of(got))))
+                        continue
                     if not got.events:
                         break
                     batch = self._batch(got)
                     cursor = got.after
                     self.outbox.hold(batch.cursor)
-                    window.append((batch, asyncio.create_task(self._deliver(batch))))
+                    window.append((batch, asyncio.ensure_future(self._deliver(batch))))
                 if not window:
                     continue
                 batch, task = window[0]
                 outcome = await task
                 window.popleft()
+                if outcome is None:
+                    break  # abandoned by a stop: it and everything after it stay in the outbox
                 await self._settle(batch, outcome)
         finally:
             for _, task in window:
                 task.cancel()
             window.clear()
+            self._undecodable.clear()
             await self.flush_acks()
 
     def _batch(self, got: ReadResult) -> Batch:
@@ -121,7 +157,33 @@ class Forwarder:
             nbytes=got.nbytes,
         )
 
-    async def _next_events(self, cursor: Cursor, wait: bool) -> ReadResult:
+    def _refuse_undecodable(self, bad: Undecodable) -> Batch:
+        """A pseudo-batch for a segment that does not decode: settled in order, then declined."""
+        batch = Batch(
+            batch_id=f"{bad.segment}.{bad.begin}+{bad.count}",
+            epoch=self.epoch,
+            events=[],
+            cursor=(bad.segment, bad.n),
+            nbytes=len(bad.raw),
+        )
+        self._undecodable[batch.batch_id] = bad
+        return batch
+
+    async def _read(self, cursor: Cursor, size: int) -> ReadResult | Undecodable:
+        """outbox.read, except that a segment which does not decode comes back on its own."""
+        try:
+            return await self.outbox.read(cursor, size)
+        except OutboxClosed:
+            raise
+        except Exception:
+            bad = await find_undecodable(self.outbox, cursor, size)
+            if bad is None:
+                raise  # not the data: a storage fault, for the gateway's supervision
+            if bad.good_before:  # the events before it first, in order
+                return await self.outbox.read(cursor, bad.good_before)
+            return bad
+
+    async def _next_events(self, cursor: Cursor, wait: bool) -> ReadResult | Undecodable:
         """Up to bulk_max_elements events. With `wait`, waits for a full batch up to the
         transmit interval (or for anything at all); without, takes only a full batch."""
         size = self.cloud.bulk_max_elements
@@ -130,7 +192,9 @@ class Forwarder:
         while True:
             if changed is not None:
                 changed.clear()
-            got = await self.outbox.read(cursor, size)
+            got = await self._read(cursor, size)
+            if isinstance(got, Undecodable):
+                return got
             n = len(got.events)
             if n >= size or self._stopping:
                 return got
@@ -147,76 +211,137 @@ class Forwarder:
 
     # ------------------------------------------------------------------ one batch
 
-    async def _deliver(self, batch: Batch) -> Outcome:
-        """Send until the platform settles it: DELIVERED or DECLINED (RETRY loops here)."""
+    async def _deliver(self, batch: Batch) -> Outcome | None:
+        """Send until settled: DELIVERED or DECLINED (RETRY loops here); None if a stop came."""
+        raised = 0
         while True:
             self._last_send = time.monotonic()
             try:
                 outcome = await self.uplink.send(batch)
-            except Exception as exc:  # an uplink must not raise; if it does, it is a retry
-                log.exception("uplink %s raised", self.uplink.status.name)
-                outcome = Outcome(OutcomeKind.RETRY, None, f"uplink error: {exc}")
+            except Exception as exc:  # an uplink must not raise: a bug, or data it chokes on
+                raised += 1
+                outcome = self._uplink_raised(batch, exc, raised)
+            else:
+                if outcome.kind is OutcomeKind.RETRY:
+                    self._report_unreachable(outcome)
             if outcome.kind is not OutcomeKind.RETRY:
                 return outcome
             if self._stopping:
-                raise asyncio.CancelledError  # left in the outbox for the next master
+                return None  # left in the outbox for the next master
             wait = outcome.retry_after_s
             delay = wait if wait is not None else self.retry_backoff.next()
             self.status.error(f"{outcome.reason}; retrying in {delay:.1f} s", "retrying")
             self.status.count("retries")
-            await asyncio.sleep(delay)
+            if await self._stopped_within(delay):
+                return None
+
+    def _uplink_raised(self, batch: Batch, exc: Exception, times: int) -> Outcome:
+        what = f"{exc.__class__.__name__}: {exc}"
+        self._once.log(
+            f"raised {self.uplink.status.name}",
+            "uplink %s failed on batch %s (%s); it is tried %d times, then declined locally "
+            "and kept for inspection; this is a bug, please report it",
+            self.uplink.status.name,
+            batch.batch_id,
+            what,
+            LOCAL_ERROR_ATTEMPTS,
+            level=logging.ERROR,
+        )
+        log.debug("uplink %s raised", self.uplink.status.name, exc_info=exc)
+        if times >= LOCAL_ERROR_ATTEMPTS:
+            return local_decline(
+                exc, f"the uplink failed on this batch {times} times; it is kept for inspection"
+            )
+        return Outcome(OutcomeKind.RETRY, None, f"uplink error: {what}")
+
+    def _report_unreachable(self, outcome: Outcome) -> None:
+        """Once per outage (then once a minute while it lasts) at WARNING; recovery at INFO."""
+        self._once.log(
+            "unreachable",
+            "uplink %s: %s; retrying with backoff, events stay in the outbox",
+            self.uplink.status.name,
+            outcome.reason,
+        )
 
     async def _settle(self, batch: Batch, outcome: Outcome) -> None:
+        if outcome.kind is not OutcomeKind.DECLINED or outcome.status is not None:
+            self._reachable_again()
         if outcome.kind is OutcomeKind.DELIVERED:
-            self._ack_soon(batch, "delivered")
+            self._ack_soon(batch, "delivered", len(batch.events))
             self.retry_backoff.reset()
             if self.keys_suspect:
                 self.keys_suspect = False
                 self.keys_backoff.reset()
+                log.info("the platform accepts the keys again; delivery resumed")
                 self.alerts.raise_("info", "the platform accepts the keys again; delivery resumed")
             self.status.ok("running")
             return
         await self._decline(batch, outcome)
 
+    def _reachable_again(self) -> None:
+        self._once.resolve("unreachable", "uplink %s answers again", self.uplink.status.name)
+
     async def _decline(self, batch: Batch, outcome: Outcome) -> None:
-        item = await asyncio.to_thread(
-            self.declined.decline,
-            batch_id=batch.batch_id,
-            epoch=batch.epoch,
-            events=batch.events,
-            status=outcome.status,
-            reason=outcome.reason,
-            response_body=outcome.body,
-            declined_at_ms=int(time.time() * 1000),
-        )
-        self._ack_soon(batch, "declined")
+        bad = self._undecodable.pop(batch.batch_id, None)
+        count = bad.count if bad is not None else len(batch.events)
+        now_ms = int(time.time() * 1000)
+        if is_local(outcome):
+            item = await asyncio.to_thread(
+                decline_locally,
+                self.declined,
+                batch_id=batch.batch_id,
+                epoch=batch.epoch,
+                events=batch.events,
+                reason=outcome.reason,
+                declined_at_ms=now_ms,
+                undecodable=bad,
+            )
+            hint = "inspect it (and fix it) there, then replay with `datonis-edge declined replay`"
+        else:
+            item = await asyncio.to_thread(
+                self.declined.decline,
+                batch_id=batch.batch_id,
+                epoch=batch.epoch,
+                events=batch.events,
+                status=outcome.status,
+                reason=outcome.reason,
+                response_body=outcome.body,
+                declined_at_ms=now_ms,
+            )
+            hint = (
+                "check access_key and secret_key; replay with `datonis-edge declined replay` "
+                "once fixed"
+                if outcome.keys_suspect
+                else "the platform refused this batch's content"
+            )
+        self._ack_soon(batch, "declined", count)
         self.status.count("declined_batches")
-        hint = (
-            "check access_key and secret_key; replay with `datonis-edge declined replay` once fixed"
-            if outcome.keys_suspect
-            else "the platform refused this batch's content"
+        message = (
+            f"batch {batch.batch_id} ({count} events) declined: {outcome.reason}; "
+            f"kept as declined/{item.path.name}; {hint}"
         )
+        self._once.log(f"declined {outcome.status}", "%s", message, level=logging.ERROR)
+        first = batch.events[0] if batch.events else None
         self.alerts.raise_(
             "error",
-            f"batch {batch.batch_id} ({len(batch.events)} events) declined: {outcome.reason}; "
-            f"kept as declined/{item.path.name}; {hint}",
-            thing_key=batch.events[0].get("thing_key") if batch.events else None,
+            message,
+            thing_key=str(first.get("thing_key")) if isinstance(first, dict) else None,
         )
         if outcome.keys_suspect:
             # back off, then the next batch alone is the probe (the window shrinks to one)
             self.keys_suspect = True
             delay = self.keys_backoff.next()
             self.status.error(f"{outcome.reason}; next probe in {delay:.1f} s", "backing_off")
-            await asyncio.sleep(delay)
+            await self._stopped_within(delay)
         else:
             self.status.error(outcome.reason, "running")
 
     # ------------------------------------------------------------------ acks
 
-    def _ack_soon(self, batch: Batch, outcome: str) -> None:
+    def _ack_soon(self, batch: Batch, outcome: str, count: int) -> None:
         """Acknowledge without waiting for the commit: acks group-commit in the background,
         in order. A crash before it commits only means the batch is sent again."""
-        task = asyncio.ensure_future(self.outbox.ack(batch.cursor, len(batch.events), outcome))
+        task = asyncio.ensure_future(self.outbox.ack(batch.cursor, count, outcome))
         self._acks.add(task)
         task.add_done_callback(self._ack_done)
 
@@ -229,3 +354,16 @@ class Forwarder:
     async def flush_acks(self) -> None:
         if self._acks:
             await asyncio.gather(*list(self._acks), return_exceptions=True)
+
+
+def local_decline_of(bad: Undecodable) -> Outcome:
+    return local_decline(
+        ValueError(f"outbox segment {bad.segment} does not decode ({bad.error})"),
+        "this batch could not be decoded; its raw bytes are kept for inspection",
+    )
+
+
+def _done(outcome: Outcome) -> asyncio.Future[Outcome | None]:
+    fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+    fut.set_result(outcome)
+    return fut

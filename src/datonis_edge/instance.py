@@ -38,7 +38,9 @@ async def run_instance(
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
     supervisor = Supervisor(datadir, config, http_port, instance_id, console_host=http_host)
-    console = asyncio.create_task(serve_app(create_app(supervisor), sock), name="console")
+    console = asyncio.create_task(
+        serve_app(create_app(supervisor), sock, config.console.limits, "console"), name="console"
+    )
     watchdog = asyncio.create_task(systemd.watchdog_pings(), name="watchdog")
     log.info("instance %s: console on http://%s:%d", supervisor.instance_id, http_host, http_port)
     systemd.ready(f"console on port {http_port}; master or standby of {datadir}")
@@ -80,7 +82,9 @@ async def run_demo(http_port: int, sim_port: int, listener_port: int, datadir: P
     (datadir / "config").mkdir(parents=True, exist_ok=True)
     (datadir / "config" / "edge.yaml").write_text(text)
     sim_sock = bind_socket("127.0.0.1", sim_port, "platform simulator (--platform-port)")
-    sim = asyncio.create_task(serve_app(create_sim(access_key, secret_key), sim_sock))
+    sim = asyncio.create_task(
+        serve_app(create_sim(access_key, secret_key), sim_sock, name="platform simulator")
+    )
 
     def announce(sup: Supervisor) -> None:
         print(

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Union
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from .adapters.base import REGISTRY as ADAPTERS
-from .config import ConfigError, OutboxConfig
+from .config import ConfigError, ConsoleConfig, OutboxConfig
 from .config import load_config as _load
 from .config import parse_config as _parse
 from .config.models import Base
@@ -40,6 +40,7 @@ SERVICE_TYPES = tuple(ADAPTERS)
 class Config(Base):
     cloud: CloudConfig  # type: ignore[valid-type]
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     services: list[ServiceConfig] = Field(default_factory=list)  # type: ignore[valid-type]
 
     @model_validator(mode="after")

@@ -21,9 +21,9 @@ class PartStatus:
 
     name: str
     type: str
-    state: str = (
-        "starting"  # starting | running | connected | disconnected | backing_off | stopped | error
-    )
+    # starting | running | connected | disconnected | retrying | backing_off | degraded |
+    # error | failed (its task died and waits for its restart) | stopped
+    state: str = "starting"
     last_error: str | None = None
     last_error_ms: int | None = None
     last_ok_ms: int | None = None
@@ -40,6 +40,11 @@ class PartStatus:
         self.last_error_ms = _ms()
         if state:
             self.state = state
+
+    def failed(self, message: str) -> None:
+        """Its task died: shown until the restart succeeds; never `running` while down."""
+        self.error(message, "failed")
+        self.count("failures")
 
     def count(self, name: str, by: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + by

@@ -40,6 +40,21 @@ class CloudBase(Base):
     max_inflight_batches: int = Field(4, ge=1, le=64)
 
 
+class ConnectionLimits(Base):
+    """What one HTTP server (the console, an http_listener) lets a client hold; the reasons
+    for the defaults are in serving.py."""
+
+    max_connections: int = Field(1000, ge=1, le=100_000)
+    header_timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    body_timeout_ms: int = Field(30_000, ge=100, le=3_600_000)
+    idle_timeout_ms: int = Field(60_000, ge=100, le=3_600_000)
+    max_header_bytes: int = Field(32 << 10, ge=1024, le=1 << 20)
+
+
+class ConsoleConfig(Base):
+    limits: ConnectionLimits = Field(default_factory=ConnectionLimits)
+
+
 class OutboxConfig(Base):
     max_bytes: int = Field(1 << 30, ge=65_536)
     policy: Literal["drop_oldest", "reject_new"] = "drop_oldest"

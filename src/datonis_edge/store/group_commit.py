@@ -4,25 +4,35 @@ meanwhile as one transaction with one commit (one fsync), then wakes every waite
 The queue is the batching: while one commit's fsync runs, new operations pile up and go
 together in the next. What an operation means is the caller's business (`run_ops`); this
 module knows transactions, isolation of a failing operation, and waking waiters.
+
+The thread never dies of a failing operation: a group that fails is rolled back and its
+operations run again one by one, so that one bad operation fails alone; the owner hears of
+every failure (`failed`) and may turn it into a result (a full disk becomes a refusal).
+Between groups, and after IDLE_S without any, the owner may tidy up outside any transaction
+(`maintain`: checkpoints, giving space back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 MAX_GROUP = 10_000
+IDLE_S = 1.0  # maintain() runs at least this often when nothing is queued
 
 
 class Op:
     """One queued operation: a function of the connection, or an append (payload, count)."""
 
-    __slots__ = ("append", "done", "error", "fn", "future", "loop", "result")
+    __slots__ = ("append", "done", "error", "fn", "future", "loop", "result", "tag")
 
     def __init__(
         self,
@@ -38,6 +48,7 @@ class Op:
         self.result: Any = None
         self.error: BaseException | None = None
         self.done: threading.Event | None = None  # for callers without an event loop
+        self.tag: Any = None  # what the owner needs to know of it after a failure
 
 
 def _resolve(ops: list[Op]) -> None:
@@ -51,18 +62,32 @@ def _resolve(ops: list[Op]) -> None:
             fut.set_result(op.result)
 
 
+class Owner(Protocol):
+    """What the thread's owner (the outbox) says about its operations and its state."""
+
+    def run_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
+        """Run `ops` inside the open transaction (set op.result; raise to fail them)."""
+
+    def snapshot(self) -> Any:
+        """The in-memory state a rollback must bring back."""
+
+    def restore(self, snapshot: Any) -> None: ...
+
+    def committed(self) -> None:
+        """The transaction just committed (its effects are durable)."""
+
+    def failed(self, exc: BaseException, op: Op | None) -> bool:
+        """A transaction failed and was rolled back: `op` alone, or a whole group (None).
+        True if the owner settled `op` itself (set its result); else `exc` is its error."""
+
+    def maintain(self, conn: sqlite3.Connection) -> None:
+        """Outside any transaction, after each group and when idle."""
+
+
 class GroupCommitThread:
-    def __init__(
-        self,
-        name: str,
-        run_ops: Callable[[sqlite3.Connection, list[Op]], None],
-        snapshot: Callable[[], Any],
-        restore: Callable[[Any], None],
-    ) -> None:
+    def __init__(self, name: str, owner: Owner) -> None:
         self.name = name
-        self._run_ops = run_ops
-        self._snapshot = snapshot
-        self._restore = restore
+        self._owner = owner
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.commits = 0
@@ -122,7 +147,11 @@ class GroupCommitThread:
     def _serve(self, conn: sqlite3.Connection) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=IDLE_S)
+            except queue.Empty:
+                self._maintain(conn)
+                continue
             if first is None:
                 break
             ops = [first]
@@ -136,33 +165,49 @@ class GroupCommitThread:
                     break
                 ops.append(nxt)
             self._run_group(conn, ops)
-        conn.close()
+            self._maintain(conn)
+        with contextlib.suppress(sqlite3.Error):  # a close on a full disk cannot checkpoint
+            conn.close()
+
+    def _maintain(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._owner.maintain(conn)
+        except Exception:  # a bug: the writer must live on, the next maintain tries again
+            log.exception("%s: maintenance failed", self.name)
+        if conn.in_transaction:  # never leave a transaction open behind maintenance
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def _transaction(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
         conn.execute("BEGIN IMMEDIATE")
-        self._run_ops(conn, ops)
+        self._owner.run_ops(conn, ops)
         conn.execute("COMMIT")
         self.commits += 1
+        self._owner.committed()
+
+    def _undo(self, conn: sqlite3.Connection, snapshot: Any) -> None:
+        if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL does)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        self._owner.restore(snapshot)
 
     def _run_group(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
-        snapshot = self._snapshot()
+        snapshot = self._owner.snapshot()
         try:
             self._transaction(conn, ops)
-        except BaseException:
+        except BaseException as exc:
             # One bad op must not fail its neighbours: undo, then run each on its own.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._restore(snapshot)
+            self._undo(conn, snapshot)
+            self._owner.failed(exc, None)
             for op in ops:
                 op.result, op.error = None, None
-                snap = self._snapshot()
+                snap = self._owner.snapshot()
                 try:
                     self._transaction(conn, [op])
                 except BaseException as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    self._restore(snap)
-                    op.error = exc
+                    self._undo(conn, snap)
+                    if not self._owner.failed(exc, op):
+                        op.error = exc
         by_loop: dict[asyncio.AbstractEventLoop, list[Op]] = {}
         for op in ops:
             if op.done is not None:

@@ -2,7 +2,11 @@
 
 States of an event: `append` → committed (fsync'ed, then acknowledged to the producer) →
 `ack` (delivered or declined: removed) or `evict` (cap hit, policy drop_oldest: removed,
-counted). `recover` on open keeps every committed event; SQLite's WAL drops a torn tail.
+counted). `recover` on open keeps every committed event; SQLite's WAL drops a torn tail,
+and `reconcile` reports it (the supervisor's heartbeat kept the counters outside the file).
+A damaged file is moved aside and salvaged at open (`salvage.py`); a full disk is a state
+(`room.py`): appends are refused with a reason, acks go on, and appends are accepted again by
+themselves once there is room. docs/durability.md tells the whole story.
 
 One SQLite connection, owned by one writer thread, in WAL mode with exclusive locking (no
 shared-memory file, so it is safe on a shared data directory). Every call is queued to that
@@ -29,7 +33,14 @@ from typing import Any
 
 import orjson
 
+from ..logs import OnceLogger
+from .counters import NAMES as COUNTERS
+from .counters import Counters
+from .diskspace import is_damage, is_disk_full
 from .group_commit import GroupCommitThread, Op
+from .reconcile import missing
+from .room import Room, live_bytes
+from .salvage import Damaged, SalvageReport, check, salvage
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +57,31 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-COUNTERS = ("accepted", "delivered", "declined", "evicted", "rejected")
+__all__ = ["COUNTERS", "Cursor", "DiskFull", "Outbox", "OutboxClosed", "OutboxFull"]
+_ACK = "ack"  # Op.tag of an ack: (ACK, upto, outcome)
 
 
 class OutboxFull(Exception):
-    """The outbox is at its cap and the policy (reject_new) or the in-flight batch forbids room."""
+    """Readings refused, nothing stored: the producer should send them again later (HTTP 503,
+    no PUBACK). Here: the cap and its policy (reject_new) or the in-flight batch leave no room."""
+
+
+class DiskFull(OutboxFull):
+    """The filesystem of the data directory is full (SQLITE_FULL, ENOSPC)."""
+
+
+class OutboxUnavailable(OutboxFull):
+    """The outbox could not store the readings (an I/O error, a damaged file)."""
 
 
 class OutboxClosed(Exception):
     pass
+
+
+def _on_disk(nbytes: int) -> int:
+    """What a payload takes in outbox.db: 4092 of every 4096 bytes of an overflow page carry
+    data, plus the row's cell (the page it lands in is measured, not guessed, afterwards)."""
+    return nbytes + nbytes // 1000 + 32
 
 
 @dataclass
@@ -67,6 +94,13 @@ class OutboxStats:
     counters: dict[str, int]
     commits: int
     appends: int
+    used_bytes: int  # what counts against max_bytes: pages in use in outbox.db + the WAL
+    disk_bytes: int  # what outbox.db and its WAL take on disk (allocated blocks)
+    reserve_bytes: int  # the reserve file (released while the disk is full)
+    wal_bound: int
+    disk_full: bool
+    disk_free_bytes: int  # free on the data directory's filesystem
+    damaged: dict[str, Any] | None  # the salvage at open, if the outbox was damaged
 
 
 @dataclass
@@ -84,20 +118,31 @@ class Outbox:
         max_bytes: int = 1 << 30,
         policy: str = "drop_oldest",
         on_evict: Callable[[int], None] | None = None,
+        on_alert: Callable[[str, str], None] | None = None,
+        reserve_bytes: int | None = None,
+        wal_bound: int | None = None,
     ) -> None:
+        """`on_evict(count)` and `on_alert(level, message)` are called on the writer thread."""
         self.directory = Path(directory)
         self.path = self.directory / "outbox.db"
         self.max_bytes = max_bytes
         self.policy = policy
         self.on_evict = on_evict
-        self._writer = GroupCommitThread(
-            "outbox-writer", self._run_ops, self._snapshot, self._restore
+        self.on_alert = on_alert
+        self._room = Room(
+            self.directory, self.path, max_bytes, self._alert, reserve_bytes, wal_bound
         )
+        self._writer = GroupCommitThread("outbox-writer", self)
         self._pending = 0
         self._bytes = 0
         self._segments = 0
-        self._counters = dict.fromkeys(COUNTERS, 0)
-        self._delta: dict[str, int] = {}
+        self._count = Counters()
+        self._recovered = dict(self._count.live)  # as found at open
+        self._owed: list[tuple[Cursor, str]] = []  # acks a full disk kept from committing
+        self._next_flush = 0.0
+        self._created = False  # outbox.db did not exist at open
+        self.salvage: SalvageReport | None = None
+        self._once = OnceLogger(log, interval_s=60.0)
         self._cache: OrderedDict[int, list[Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._inflight_seg = 0  # segments at or below this id are being sent; never evicted
@@ -115,17 +160,46 @@ class Outbox:
         self.changed = asyncio.Event()
 
     def _connect(self) -> sqlite3.Connection:
+        """Open, check, recover; a damaged outbox is moved aside and salvaged first."""
+        self._room.prepare()
+        self._created = not self.path.exists()
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._open_db()
+            problems = check(conn, self.path)
+            if problems:
+                raise Damaged(problems)
+            self._recover(conn)
+        except (Damaged, sqlite3.DatabaseError) as exc:
+            if conn is not None:
+                conn.close()
+            if not (isinstance(exc, Damaged) or is_damage(exc)):
+                raise
+            datadir = self.directory.parent
+            self.salvage = salvage(self.path, str(exc), self._open_db, datadir)
+            conn = self._open_db()
+            self._recover(conn)
+            message = self.salvage.sentence()
+            log.warning("%s (salvage took %.1f s)", message, self.salvage.seconds)
+            self._alert("error", message)
+        self._room.start(conn)
+        self._recovered = dict(self._count.live)
+        return conn
+
+    def _open_db(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"the outbox needs SQLite WAL mode, the filesystem gave {mode}")
-        conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
-        conn.execute("PRAGMA wal_autocheckpoint=4000")
-        conn.executescript(_SCHEMA)
-        for name in COUNTERS:
-            conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
-        self._recover(conn)
+        try:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file only: lets it shrink
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"the outbox needs SQLite WAL mode, the filesystem gave {mode}")
+            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
+            self._room.configure(conn)
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _recover(self, conn: sqlite3.Connection) -> None:
@@ -133,8 +207,7 @@ class Outbox:
             "SELECT count(*), coalesce(sum(n - acked), 0), coalesce(sum(nbytes), 0) FROM segments"
         ).fetchone()
         self._segments, self._pending, self._bytes = int(row[0]), int(row[1]), int(row[2])
-        for name, value in conn.execute("SELECT name, value FROM counters"):
-            self._counters[name] = int(value)
+        self._count.load(conn)
         log.info(
             "outbox recovered: %d events pending in %d segments (%d bytes)",
             self._pending,
@@ -150,10 +223,35 @@ class Outbox:
     def commits(self) -> int:
         return self._writer.commits
 
+    def _alert(self, level: str, message: str) -> None:
+        if self.on_alert is not None:
+            self.on_alert(level, message)
+
+    def reconcile(self, heartbeat: dict[str, Any] | None) -> str | None:
+        """After open(), with the counters of the last master's heartbeat (ha/master.json):
+        acknowledged readings that are missing are reported (WARNING and an alert) and
+        counted as accepted and lost, never hidden (reconcile.py). Returns the report."""
+        found = missing(self._recovered, heartbeat, self.salvage, self._created, self.path)
+        if found is None:
+            return None
+
+        def count(conn: sqlite3.Connection) -> None:
+            for name, by in found.deltas.items():
+                self._count.bump(name, by)
+
+        self._submit_sync(count)
+        log.warning("%s", found.message)
+        self._alert("error", found.message)
+        return found.message
+
     # ---------------------------------------------------------------- in the writer thread
 
-    def _run_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
+    def run_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
         """Run ops in order inside the open transaction; consecutive appends become one row."""
+        if self._owed:  # acks a full disk held back: they go first, in order
+            owed, self._owed = self._owed, []
+            for upto, outcome in owed:
+                self._ack_fn(upto, 0, outcome)(conn)
         i = 0
         while i < len(ops):
             if ops[i].append is None:
@@ -165,28 +263,65 @@ class Outbox:
                 j += 1
             self._append_run(conn, ops[i:j])
             i = j
-        self._flush_counters(conn)
+        self._count.flush(conn)
 
-    def _snapshot(self) -> tuple[int, int, int, dict[str, int]]:
-        return self._pending, self._bytes, self._segments, dict(self._counters)
+    def snapshot(self) -> Any:
+        """The writer's in-memory state, for a rollback (GroupCommitThread)."""
+        return (
+            self._pending,
+            self._bytes,
+            self._segments,
+            self._count.snapshot(),
+            list(self._owed),
+        )
 
-    def _restore(self, snap: tuple[int, int, int, dict[str, int]]) -> None:
-        self._pending, self._bytes, self._segments, self._counters = snap
-        self._delta.clear()
+    def restore(self, snap: Any) -> None:
+        self._pending, self._bytes, self._segments, counts, owed = snap
+        self._count.restore(counts)
+        self._owed = list(owed)
 
-    def _bump(self, conn: sqlite3.Connection, name: str, by: int) -> None:
-        """Count now; written with the group's commit (one UPDATE per counter per commit)."""
-        if by:
-            self._counters[name] += by
-            self._delta[name] = self._delta.get(name, 0) + by
+    def committed(self) -> None:
+        self._count.publish()
 
-    def _flush_counters(self, conn: sqlite3.Connection) -> None:
-        if self._delta:
-            conn.executemany(
-                "UPDATE counters SET value = value + ? WHERE name = ?",
-                [(by, name) for name, by in self._delta.items()],
+    def failed(self, exc: BaseException, op: Op | None) -> bool:
+        """A rolled-back transaction: a full disk is a state; an append is refused, counted;
+        an ack waits for the next commit that works (acks are cumulative)."""
+        if is_disk_full(exc):
+            self._room.enter(exc)
+        elif is_damage(exc) and self._once.log(
+            "damaged",
+            "the outbox is damaged (%s): restart the gateway to salvage it",
+            exc,
+            level=logging.ERROR,
+        ):
+            self._alert(
+                "error", f"the outbox is damaged ({exc}): restart the gateway to salvage it"
             )
-            self._delta.clear()
+        if op is None:
+            return False
+        if op.append is not None:
+            self._count.bump("rejected", op.append[1])  # written by the next commit that works
+            if is_disk_full(exc):
+                op.result = DiskFull(self._room.refusal())
+            else:
+                op.result = OutboxUnavailable(
+                    f"the outbox could not store the readings ({exc}); "
+                    "check the data directory's disk; send them again later"
+                )
+            return True
+        if op.tag is not None and op.tag[0] == _ACK and is_disk_full(exc):
+            self._owed.append((op.tag[1], op.tag[2]))
+            return True
+        return False
+
+    def maintain(self, conn: sqlite3.Connection) -> None:
+        """Between groups (GroupCommitThread): bound the WAL, watch the disk, flush leftovers."""
+        self._room.maintain(conn)
+        if (self._owed or self._count.unwritten) and not self._closed:
+            now = time.monotonic()
+            if now >= self._next_flush:  # not a busy loop while the disk stays full
+                self._next_flush = now + 0.5
+                self._writer.put(Op(_nothing))
 
     # ---------------------------------------------------------------- submitting
 
@@ -233,23 +368,34 @@ class Outbox:
 
     def _append_run(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
         """Store consecutive appends as one segment; a refusal is a result, not an exception,
-        so that its count commits with the group."""
+        so that its count commits with the group. The cap is measured in outbox.db's pages."""
         kept: list[Op] = []
-        adding = 0
+        adding = 0  # what the kept payloads will take
+        live: int | None = None  # pages in use, measured once per run (and after evicting)
+        limit = self._room.live_limit
         for op in ops:
             payload, n = op.append  # type: ignore[misc]
-            nbytes = len(payload)
-            refusal: str | None = None
-            if nbytes > self.max_bytes:
-                refusal = f"{nbytes} bytes in one request exceed the outbox cap of {self.max_bytes}; send smaller bulks"
-            elif self._bytes + adding + nbytes > self.max_bytes:
-                refusal = self._make_room(conn, adding + nbytes)
+            need = _on_disk(len(payload))
+            refusal: OutboxFull | None = None
+            if self._room.full:
+                refusal = DiskFull(self._room.refusal())
+            elif need > limit:
+                refusal = OutboxFull(
+                    f"{len(payload)} bytes in one request do not fit in the outbox cap of "
+                    f"{self.max_bytes} bytes (less its WAL bound, {self._room.wal_bound}); "
+                    "send smaller bulks"
+                )
+            else:
+                if live is None:
+                    live = live_bytes(conn) + 4096  # the page the new row starts in
+                if live + adding + need > limit:
+                    refusal, live = self._make_room(conn, live, adding + need)
             if refusal is not None:
-                self._bump(conn, "rejected", n)
-                op.result = OutboxFull(refusal)
+                self._count.bump("rejected", n)
+                op.result = refusal
                 continue
             kept.append(op)
-            adding += nbytes
+            adding += need
         if not kept:
             return
         if len(kept) == 1:
@@ -267,39 +413,48 @@ class Outbox:
         self._pending += n
         self._bytes += len(payload)
         self._segments += 1
-        self._bump(conn, "accepted", n)
+        self._count.bump("accepted", n)
         self.appends += len(kept)
 
-    def _make_room(self, conn: sqlite3.Connection, nbytes: int) -> str | None:
-        """Evict the oldest segments (not in flight) until `nbytes` fit; or say why not."""
+    def _make_room(
+        self, conn: sqlite3.Connection, live: int, need: int
+    ) -> tuple[OutboxFull | None, int]:
+        """Evict the oldest segments (not in flight) until `need` more bytes fit under the
+        cap, measuring the pages in use after each round; or say why not."""
+        limit = self._room.live_limit
         if self.policy == "reject_new":
-            return (
-                f"the outbox is full ({self._bytes} of {self.max_bytes} bytes) and its policy "
-                "is reject_new; the platform is probably unreachable"
-            )
-        rows = conn.execute(
-            "SELECT id, n, acked, nbytes FROM segments WHERE id > ? ORDER BY id",
-            (self._inflight_seg,),
-        )
-        victims: list[int] = []
-        freed = evicted = 0
-        for seg_id, seg_n, acked, seg_bytes in rows:
-            if self._bytes - freed + nbytes <= self.max_bytes:
-                break
-            victims.append(seg_id)
-            freed += seg_bytes
-            evicted += seg_n - acked
-        if self._bytes - freed + nbytes > self.max_bytes:
-            return "the outbox is full and what it holds is being sent right now"
-        conn.executemany("DELETE FROM segments WHERE id = ?", [(v,) for v in victims])
-        self._forget(victims)
-        self._bytes -= freed
-        self._pending -= evicted
-        self._segments -= len(victims)
-        self._bump(conn, "evicted", evicted)
-        if evicted and self.on_evict is not None:
-            self.on_evict(evicted)
-        return None
+            return OutboxFull(
+                f"the outbox is full ({live} of {limit} bytes in use, cap {self.max_bytes}) "
+                "and its policy is reject_new; the platform is probably unreachable"
+            ), live
+        while live + need > limit:
+            rows = conn.execute(
+                "SELECT id, n, acked, nbytes FROM segments WHERE id > ? ORDER BY id LIMIT 256",
+                (self._inflight_seg,),
+            ).fetchall()
+            if not rows:
+                return OutboxFull(
+                    "the outbox is full and what it holds is being sent right now"
+                ), live
+            victims: list[int] = []
+            freed = payload = evicted = 0
+            for seg_id, seg_n, acked, seg_bytes in rows:
+                victims.append(seg_id)
+                freed += _on_disk(seg_bytes)
+                payload += seg_bytes
+                evicted += seg_n - acked
+                if live - freed + need <= limit:
+                    break
+            conn.executemany("DELETE FROM segments WHERE id = ?", [(v,) for v in victims])
+            self._forget(victims)
+            self._bytes -= payload
+            self._pending -= evicted
+            self._segments -= len(victims)
+            self._count.bump("evicted", evicted)
+            if evicted and self.on_evict is not None:
+                self.on_evict(evicted)
+            live = live_bytes(conn) + 4096
+        return None, live
 
     # ---------------------------------------------------------------- read
 
@@ -359,8 +514,14 @@ class Outbox:
     # ---------------------------------------------------------------- ack
 
     async def ack(self, upto: Cursor, count: int, outcome: str = "delivered") -> None:
-        """Everything before `upto` has left the outbox: `outcome` is delivered or declined."""
-        await self._submit(self._ack_fn(upto, count, outcome))
+        """Everything before `upto` has left the outbox: `outcome` is delivered or declined.
+        On a full disk that cannot even take the ack, it is kept and written with the next
+        commit that works (a crash before then only means those events are sent again)."""
+        if self._closed:
+            raise OutboxClosed("the outbox is closed")
+        op = Op(self._ack_fn(upto, count, outcome))
+        op.tag = (_ACK, upto, outcome)
+        await self._writer.submit(op)
 
     def _ack_fn(
         self, upto: Cursor, count: int, outcome: str
@@ -387,8 +548,9 @@ class Outbox:
                 conn.execute("UPDATE segments SET acked = ? WHERE id = ?", (idx, seg))
                 removed += idx - row[1]
             self._pending -= removed
-            # count what left the outbox now; evicted-while-in-flight cannot happen (hold())
-            self._bump(conn, outcome, min(count, removed) if removed else 0)
+            # count what left the outbox now (an earlier ack that a full disk held back is
+            # counted here); evicted-while-in-flight cannot happen (hold())
+            self._count.bump(outcome, removed)
 
         return do
 
@@ -406,13 +568,26 @@ class Outbox:
         return self._pending
 
     def stats(self) -> OutboxStats:
+        """Numbers as of the last commit (counters) and the last look at the disk (≤ 1 s)."""
+        room = self._room
         return OutboxStats(
             pending=self._pending,
             segments=self._segments,
             bytes=self._bytes,
             max_bytes=self.max_bytes,
             policy=self.policy,
-            counters=dict(self._counters),
+            counters=dict(self._count.committed),
             commits=self.commits,
             appends=self.appends,
+            used_bytes=room.used_bytes,
+            disk_bytes=room.disk_bytes,
+            reserve_bytes=room.reserve.size if not room.full else 0,
+            wal_bound=room.wal_bound,
+            disk_full=room.full,
+            disk_free_bytes=room.free,
+            damaged=self.salvage.summary() if self.salvage is not None else None,
         )
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """An empty operation: its group commits what is left over (owed acks, counts)."""

@@ -2,17 +2,42 @@
 
 It knows nothing of retries, backoff, the outbox or the declined store: the forwarder owns
 those and applies DESIGN.md's outcome table. An uplink never raises for a platform or network
-fault; it answers RETRY with the reason.
+fault; it answers RETRY with the reason. A batch it cannot even put on the wire (its events do
+not serialize: nesting too deep, a value JSON has no form for) is no network fault and would
+fail the same way forever: that is a local DECLINED (`local_decline`), kept for inspection.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import Any
 
-from ..model import Batch, Outcome
+from ..model import Batch, Outcome, OutcomeKind
 from ..registry import Plugin
 from ..status import PartStatus
+
+LOCAL_DECLINE_HINT = "this batch could not be encoded; it is kept for inspection"
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """A URL (or a message quoting one) as it may be shown: `user:pass@` becomes `***@`."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def local_decline(exc: BaseException, hint: str = LOCAL_DECLINE_HINT) -> Outcome:
+    """This batch fails here, not at the platform (status None): sending it again cannot help."""
+    return Outcome(
+        OutcomeKind.DECLINED, None, f"local error: {exc.__class__.__name__}: {exc}; {hint}"
+    )
+
+
+def is_local(outcome: Outcome) -> bool:
+    """A decline made on this side of the wire (`local_decline`), not by the platform."""
+    return outcome.kind is OutcomeKind.DECLINED and outcome.status is None
 
 
 class Uplink(ABC):
@@ -25,19 +50,24 @@ class Uplink(ABC):
         """Connect if the transport needs it; failures show in status, send() answers RETRY."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        pass
+        """Close promptly: a request still on the wire is abandoned (its batch stays queued)."""
 
     @abstractmethod
     async def send(self, batch: Batch) -> Outcome:
         """Deliver one batch; DELIVERED only once the far side acknowledged it."""
 
     async def heartbeat(self, thing_keys: list[str]) -> Outcome:
-        return Outcome.delivered()
+        return _not_sent(f"the {self.type} uplink sends no heartbeats")
 
     async def alert(
         self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
     ) -> Outcome:
-        return Outcome.delivered()
+        return _not_sent(f"the {self.type} uplink has no alert channel")
+
+
+def _not_sent(reason: str) -> Outcome:
+    # honest default: nothing left this process, so it must not read as DELIVERED
+    return Outcome(OutcomeKind.DECLINED, None, f"not sent: {reason}")
 
 
 def _uplink(protocols: tuple[str, ...], folder: str, config: str, uplink: str) -> list[Plugin]:

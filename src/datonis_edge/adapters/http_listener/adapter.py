@@ -3,7 +3,9 @@
 `POST /api/v3/things/event.json` takes one event or `{"events": [...]}` exactly as the Datonis
 platform does, so an existing Datonis agent can point at the edge and gain store-and-forward.
 It answers 200 only once the events are durable in the outbox, 4xx naming what is wrong with
-the request, 503 with Retry-After when the outbox cannot take them.
+the request (400 not JSON, 413 too large, 422 an event outside what `readings.py` accepts), 503
+with Retry-After when the outbox cannot take them. What is stored is exactly the events that
+were checked, serialized once by orjson: never a slice of the client's text.
 
 A bare ASGI app rather than a framework route: this is the hot path of bulk ingestion.
 """
@@ -11,6 +13,8 @@ A bare ASGI app rather than a framework route: this is the hot path of bulk inge
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -18,10 +22,23 @@ from typing import Any
 
 import orjson
 
+from ...logs import OnceLogger
 from ...protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, signature_ok
+from ...readings import (
+    MAX_DEPTH,
+    InvalidReading,
+    check_json_readings,
+    check_reading,
+    readings_json,
+)
 from ...serving import bind_socket, serve_app
 from ..base import Adapter, ReadingSink, Rejected
 from .config import HttpListenerService
+
+log = logging.getLogger(__name__)
+
+
+_TOO_DEEP = f"the body is nested too deep; at most {MAX_DEPTH} levels are accepted in data"
 
 
 class BadRequest(Exception):
@@ -31,58 +48,47 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-def validate_events(payload: Any, now_ms: int) -> tuple[list[dict[str, Any]], bool]:
-    """The events of a Datonis event body, each checked, and whether any had to be completed
-    (a missing timestamp becomes `now_ms`); raises BadRequest(422) naming the first fault."""
-    if isinstance(payload, dict) and "events" in payload:
-        events = payload["events"]
-        if not isinstance(events, list):
-            raise BadRequest(422, "'events' must be a list of events")
-        bulk = True
-    elif isinstance(payload, dict):
-        events = [payload]
-        bulk = False
-    else:
-        raise BadRequest(422, 'the body must be a JSON object: one event or {"events": [...]}')
-    if not events:
-        raise BadRequest(422, "'events' is empty")
-    completed = False
-    for i, ev in enumerate(events):
-        if type(ev) is not dict:
-            raise BadRequest(422, f"{_where(bulk, i)}: must be an object")
-        key = ev.get("thing_key")
-        if type(key) is not str or not key:
-            raise BadRequest(422, f"{_where(bulk, i)}.thing_key: required, a non-empty string")
-        if type(ev.get("data")) is not dict:
-            raise BadRequest(422, f"{_where(bulk, i)}.data: required, an object of metric: value")
-        ts = ev.get("timestamp")
-        if type(ts) is int and ts >= 0:
-            continue
-        if ts is None:
-            ev["timestamp"] = now_ms
-        elif type(ts) is float and ts >= 0:
-            ev["timestamp"] = int(ts)
-        else:
-            raise BadRequest(
-                422, f"{_where(bulk, i)}.timestamp: must be epoch milliseconds (a number)"
-            )
-        completed = True
-    return events, completed
+def parse_events(body: bytes, now_ms: int) -> list[dict[str, Any]]:
+    """The checked events of a Datonis event body (one event, or `{"events": [...]}`); raises
+    BadRequest: 400 when the body is not JSON, 422 naming the first fault of the events."""
+    try:
+        payload = orjson.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError alike
+        if isinstance(exc, RecursionError) or "depth limit" in str(exc):
+            raise BadRequest(422, _TOO_DEEP) from None  # valid JSON, only too deep to read
+        raise BadRequest(
+            400, f'the body is not valid JSON ({exc}); send one event or {{"events": [...]}}'
+        ) from None
+    try:
+        if type(payload) is dict and "events" in payload:
+            if body.count(b'"events"') > 1 and _repeats_events_key(body):
+                raise BadRequest(
+                    422, 'the body has the key "events" more than once; send one "events" list'
+                )
+            return check_json_readings(payload["events"], now_ms)
+        if type(payload) is dict:
+            return [check_reading(payload, now_ms)]
+    except InvalidReading as exc:
+        raise BadRequest(422, exc.reason) from None
+    raise BadRequest(422, 'the body must be a JSON object: one event or {"events": [...]}')
 
 
-def _events_json(body: bytes, payload: Any, events: list[dict[str, Any]]) -> bytes | None:
-    """The events as a JSON array cut from the body itself, when the body holds exactly them
-    unchanged: the outbox then stores the client's bytes without serializing them again."""
-    if payload is events[0]:  # one event: the body is that object
-        return b"[" + body.strip() + b"]"
-    if len(payload) != 1:  # other keys beside "events"
-        return None
-    # {"events": [...]} and nothing else: the first "[" opens the array, the last "]" closes it
-    return body[body.index(b"[") : body.rindex(b"]") + 1]
+def _repeats_events_key(body: bytes) -> bool:
+    """Whether the body's own object has "events" twice (orjson keeps the last silently). Only
+    asked when the text "events" occurs twice, so the slower parse is rare."""
+    last: list[list[tuple[str, Any]]] = []
 
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        last[:] = [pairs]  # the outermost object is completed last
+        return {}
 
-def _where(bulk: bool, i: int) -> str:
-    return f"events[{i}]" if bulk else "event"
+    try:
+        json.loads(body, object_pairs_hook=keep)
+    except ValueError:
+        return False  # orjson read it: its reading stands
+    except RecursionError:
+        raise BadRequest(422, _TOO_DEEP) from None
+    return [k for k, _ in last[0]].count("events") > 1
 
 
 class HttpListenerAdapter(Adapter):
@@ -96,6 +102,7 @@ class HttpListenerAdapter(Adapter):
         self._keys = {k.access_key: k.secret_key.get_secret_value() for k in config.keys}
         self._sock: socket.socket | None = None
         self._bound = asyncio.Event()
+        self._once = OnceLogger(log)
         self.status.details.update({"host": config.host, "port": config.port})
 
     async def ready(self) -> None:
@@ -120,7 +127,17 @@ class HttpListenerAdapter(Adapter):
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # serve_app runs without lifespan events
             return
-        status, body, extra = await self._handle(scope, receive)
+        try:
+            status, body, extra = await self._handle(scope, receive)
+        except Exception as exc:  # a bug: the client gets one line, the log the traceback
+            self._bug_log.log(
+                logging.ERROR,
+                f"services '{self.config.name}': {scope['path']} failed",
+                exc_info=exc,
+            )
+            self.status.count("internal_errors")
+            status, extra = 500, []
+            body = _err(f"internal error ({exc.__class__.__name__}); see the gateway log")
         headers = [(b"content-type", b"application/json"), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -140,17 +157,17 @@ class HttpListenerAdapter(Adapter):
             self._check_signature(scope, body)
             if path != EVENT_PATH:
                 return 200, b'{"status":"ok"}', []
+            events = parse_events(body, int(time.time() * 1000))
             try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(400, f"the body is not valid JSON ({exc})") from None
-            events, completed = validate_events(payload, int(time.time() * 1000))
+                raw = readings_json(events)
+            except InvalidReading as exc:
+                raise BadRequest(422, exc.reason) from None
         except BadRequest as exc:
             self.status.count("bad_requests")
             self.status.error(f"{exc.status}: {exc.reason}")
             return exc.status, _err(exc.reason), []
         try:
-            await self.sink(events, raw=None if completed else _events_json(body, payload, events))
+            await self.sink(events, raw=raw)
         except Rejected as exc:
             self.status.count("rejected", len(events))
             self.status.error(exc.reason)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from ...config.models import Base, ListenerBase
+from ...config.models import Base, ConnectionLimits, ListenerBase
 
 
 class SignatureKey(Base):
@@ -19,5 +19,6 @@ class HttpListenerService(ListenerBase):
     host: str = "0.0.0.0"
     port: int = Field(8081, ge=1, le=65_535)
     max_body_bytes: int = Field(16 << 20, ge=1024)
+    limits: ConnectionLimits = Field(default_factory=ConnectionLimits)
     # When set, every request must carry X-Access-Key and a valid X-Dtn-Signature.
     keys: list[SignatureKey] = Field(default_factory=list)

@@ -6,13 +6,21 @@ id), so a message the gateway had not stored yet is redelivered after a crash or
 
 Payloads: an event `{"thing_key"?, "timestamp"?, "data": {...}}`, or a flat object of
 `tag: value` (with an optional "timestamp"). The thing_key comes from the payload, or from a
-topic level (`thing_key_topic_level`).
+topic level (`thing_key_topic_level`). Each is checked by `readings.check_reading`, as every
+way in is. A message that fails (or whose handling fails in any way) is acknowledged all the
+same, so that the broker does not send it again and again: it is counted as `malformed`, logged
+(at most once a minute) and kept for inspection in `<datadir>/malformed/<service>.jsonl`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime as dt
+import logging
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,44 +29,97 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..base import Adapter, ReadingSink, Rejected, reading
+from ...logs import OnceLogger
+from ...readings import MAX_DEPTH, InvalidReading, check_reading
+from ..base import Adapter, ReadingSink, Rejected
 from .config import MqttListenerService
 
+log = logging.getLogger(__name__)
 
-class PayloadError(ValueError):
-    pass
+
+MALFORMED_MAX_BYTES = 10 << 20
+"""A service's malformed/ file is rotated to `.1` beyond this size; one old file is kept."""
+
+MALFORMED_MAX_PAYLOAD = 1 << 20
+"""Bytes of a malformed payload kept for inspection; a longer one is cut (its size is noted)."""
 
 
 def parse_payload(
     topic: str, payload: bytes, topic_level: int | None, now_ms: int
 ) -> dict[str, Any]:
+    """The reading in one message, checked by `readings.check_reading`; raises InvalidReading."""
     try:
         obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise PayloadError("payload is not JSON") from None
-    if not isinstance(obj, dict):
-        raise PayloadError("payload must be a JSON object")
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, RecursionError) or "depth limit" in str(exc):
+            raise InvalidReading(
+                f"payload is nested too deep; at most {MAX_DEPTH} levels are accepted in data"
+            ) from None
+        raise InvalidReading(f"payload is not JSON ({exc})") from None
+    if type(obj) is not dict:
+        raise InvalidReading("payload must be a JSON object: an event, or tag: value pairs")
     if topic_level is not None:
         levels = topic.split("/")
         if topic_level >= len(levels) or not levels[topic_level]:
-            raise PayloadError(f"topic has no level {topic_level} to take the thing_key from")
+            raise InvalidReading(f"topic has no level {topic_level} to take the thing_key from")
         thing_key = levels[topic_level]
     else:
         thing_key = obj.get("thing_key")
-        if not isinstance(thing_key, str) or not thing_key:
-            raise PayloadError("payload has no thing_key (or set thing_key_topic_level)")
-    ts = obj.get("timestamp", now_ms)
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
-        raise PayloadError("timestamp must be epoch milliseconds")
+        if thing_key is None:
+            raise InvalidReading("payload has no thing_key (or set thing_key_topic_level)")
     if "data" in obj:
-        data = obj["data"]
-        if not isinstance(data, dict):
-            raise PayloadError("'data' must be an object of tag: value")
+        event = {"thing_key": thing_key, "timestamp": obj.get("timestamp"), "data": obj["data"]}
     else:
         data = {k: v for k, v in obj.items() if k not in ("thing_key", "timestamp")}
-    if not data:
-        raise PayloadError("payload carries no values")
-    return reading(thing_key, int(ts), data)
+        event = {"thing_key": thing_key, "timestamp": obj.get("timestamp"), "data": data}
+    return check_reading(event, now_ms, where="payload")
+
+
+class MalformedFile:
+    """Messages that were acknowledged without being stored, one JSON line each, kept for
+    inspection in `<datadir>/malformed/<service>.jsonl` (rotated to `.1`, one old file kept).
+    Written and fsync'ed before the acknowledgement; malformed input is rare, so that is cheap."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        lines = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        if size > 0 and size + len(lines) > MALFORMED_MAX_BYTES:
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            size = -1
+        with open(self.path, "ab") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        if size < 0:  # a new file: make its name durable too
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def malformed_record(topic: str, payload: bytes, reason: str, at_ms: int) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "time": dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).isoformat(timespec="milliseconds"),
+        "topic": topic,
+        "reason": reason,
+    }
+    kept = payload[:MALFORMED_MAX_PAYLOAD]
+    if len(kept) < len(payload):
+        record["payload_bytes"] = len(payload)
+    try:
+        record["payload"] = kept.decode()
+    except UnicodeDecodeError:
+        record["payload"] = base64.b64encode(kept).decode()
+        record["payload_encoding"] = "base64"
+    return record
 
 
 class MqttListenerAdapter(Adapter):
@@ -72,6 +133,12 @@ class MqttListenerAdapter(Adapter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
         self._subscribed = asyncio.Event()
+        self._once = OnceLogger(log)  # at most one line a minute for each kind of fault
+        self._malformed = (
+            MalformedFile(workdir / "malformed" / f"{_file_name(config.name)}.jsonl")
+            if workdir is not None
+            else None
+        )
         self.status.details.update(
             {"broker": f"{config.host}:{config.port}", "topics": list(config.topics)}
         )
@@ -140,30 +207,97 @@ class MqttListenerAdapter(Adapter):
             client.loop_stop()
 
     async def _store(self, client: mqtt.Client, batch: list[mqtt.MQTTMessage]) -> None:
+        """Store what is valid, set aside what is not; then acknowledge every message."""
         now = int(time.time() * 1000)
-        readings = []
-        bad: list[mqtt.MQTTMessage] = []
+        good: list[tuple[mqtt.MQTTMessage, dict[str, Any]]] = []
+        bad: list[tuple[mqtt.MQTTMessage, str]] = []
         for msg in batch:
             try:
-                readings.append(
-                    parse_payload(msg.topic, msg.payload, self.config.thing_key_topic_level, now)
+                reading = parse_payload(
+                    msg.topic, msg.payload, self.config.thing_key_topic_level, now
                 )
-            except PayloadError as exc:
-                bad.append(msg)
-                self.status.count("malformed")
-                self.status.error(f"topic {msg.topic}: {exc}")
-        while readings:
-            try:
-                await self.sink(readings)
-                self.status.count("messages", len(readings))
-                self.status.ok()
-                break
-            except Rejected as exc:
-                # not stored: keep it unacknowledged and try again, the broker holds it meanwhile
-                self.status.error(exc.reason)
-                if not exc.retryable:
-                    raise
-                await asyncio.sleep(1)
-        for msg in batch:  # stored or malformed: acknowledge
+                good.append((msg, reading))
+            except InvalidReading as exc:
+                bad.append((msg, exc.reason))
+            except Exception as exc:  # a bug must not wedge the listener: set this one aside
+                bad.append((msg, self._unexpected(exc)))
+        if good:
+            bad += await self._sink_all(good)
+        if bad:
+            await self._set_aside(bad, now)
+        for msg in batch:  # stored or set aside: acknowledge
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
+
+    async def _sink_all(
+        self, good: list[tuple[mqtt.MQTTMessage, dict[str, Any]]]
+    ) -> list[tuple[mqtt.MQTTMessage, str]]:
+        """Store the readings, all at once; should that fail for a reason other than a full or
+        closing outbox, one by one, so that only the message at fault is set aside."""
+        try:
+            await self._sink_retrying([r for _, r in good])
+            return []
+        except Exception as exc:
+            if len(good) == 1:
+                return [(good[0][0], self._unexpected(exc))]
+        bad = []
+        for msg, reading in good:
+            try:
+                await self._sink_retrying([reading])
+            except Exception as exc:
+                bad.append((msg, self._unexpected(exc)))
+        return bad
+
+    async def _sink_retrying(self, readings: list[dict[str, Any]]) -> None:
+        while True:
+            try:
+                await self.sink(readings)
+            except Rejected as exc:
+                # not stored: keep them unacknowledged and try again; the broker holds them
+                self.status.error(exc.reason)
+                await asyncio.sleep(1)
+                continue
+            self.status.count("messages", len(readings))
+            self.status.ok()
+            return
+
+    def _unexpected(self, exc: Exception) -> str:
+        reason = f"{exc.__class__.__name__}: {exc}"
+        self._log.log(
+            logging.ERROR,
+            f"services '{self.config.name}': a message failed: {reason}",
+            exc_info=exc,
+        )
+        return reason
+
+    async def _set_aside(self, bad: list[tuple[mqtt.MQTTMessage, str]], now: int) -> None:
+        """Count, report and keep the malformed messages (before they are acknowledged)."""
+        self.status.count("malformed", len(bad))
+        topic, reason = bad[-1][0].topic, bad[-1][1]
+        self.status.error(f"topic {topic}: {reason}")
+        self._once.log(
+            "malformed",
+            "services '%s': malformed message on topic %s acknowledged, not stored: %s%s",
+            self.config.name,
+            topic,
+            reason,
+            f"; kept in {self._malformed.path}" if self._malformed else "",
+        )
+        if self._malformed is None:
+            return
+        records = [malformed_record(m.topic, m.payload, r, now) for m, r in bad]
+        try:
+            await asyncio.to_thread(self._malformed.append, records)
+        except OSError as exc:
+            log.error(
+                "services '%s': cannot keep %d malformed message(s) in %s (%s); they are "
+                "acknowledged and lost",
+                self.config.name,
+                len(records),
+                self._malformed.path,
+                exc,
+            )
+
+
+def _file_name(service: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", service) or "mqtt_listener"

@@ -18,7 +18,7 @@ import orjson
 
 from ...model import Batch, Outcome, OutcomeKind
 from ...protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, sign
-from ..base import Uplink
+from ..base import Uplink, local_decline, redact_url
 from .config import DatonisHttpCloud
 
 ALERT_LEVELS = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -75,13 +75,14 @@ class DatonisHttpUplink(Uplink):
     type = "datonis_http"
 
     def __init__(self, cloud: DatonisHttpCloud) -> None:
-        super().__init__(f"datonis {cloud.endpoint}")
+        shown = redact_url(cloud.endpoint)
+        super().__init__(f"datonis {shown}")
         self.cloud = cloud
         self._access = cloud.access_key.get_secret_value()
         self._secret = cloud.secret_key.get_secret_value().encode()
         self._session: aiohttp.ClientSession | None = None
         self._base = cloud.endpoint.rstrip("/")
-        self.status.details["endpoint"] = cloud.endpoint
+        self.status.details["endpoint"] = shown
 
     async def start(self) -> None:
         # aiohttp rather than httpx here: on this path httpx's async stack costs about 2 ms
@@ -94,12 +95,14 @@ class DatonisHttpUplink(Uplink):
         self.status.state = "ready"
 
     async def close(self) -> None:
+        # closing the session aborts what is still on the wire; those batches stay queued
         if self._session is not None:
-            await self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            await session.close()
 
     async def _post(self, path: str, body: bytes, extra: dict[str, str] | None = None) -> Outcome:
-        assert self._session is not None, "start() the uplink first"
+        if self._session is None:  # not started yet, or closed by a stop
+            return Outcome(OutcomeKind.RETRY, None, "the uplink is not open")
         headers = {
             "Content-Type": "application/json",
             "X-Access-Key": self._access,
@@ -114,15 +117,22 @@ class DatonisHttpUplink(Uplink):
             return Outcome(
                 OutcomeKind.RETRY, None, f"no answer within {self.cloud.request_timeout_ms} ms"
             )
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             return Outcome(
-                OutcomeKind.RETRY, None, f"connection error: {exc.__class__.__name__}: {exc}"
+                OutcomeKind.RETRY,
+                None,
+                redact_url(f"connection error: {exc.__class__.__name__}: {exc}"),
             )
 
     async def send(self, batch: Batch) -> Outcome:
-        body = orjson.dumps(
-            {"events": batch.events, "epoch": batch.epoch, "batch_id": batch.batch_id}
-        )
+        try:
+            body = orjson.dumps(
+                {"events": batch.events, "epoch": batch.epoch, "batch_id": batch.batch_id}
+            )
+        except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
+            outcome = local_decline(exc)
+            self._record(outcome)
+            return outcome
         outcome = await self._post(
             EVENT_PATH, body, {"X-Dtn-Epoch": str(batch.epoch), "X-Dtn-Batch-Id": batch.batch_id}
         )
@@ -133,7 +143,10 @@ class DatonisHttpUplink(Uplink):
         if outcome.kind is OutcomeKind.DELIVERED:
             self.status.ok("connected")
         elif outcome.kind is OutcomeKind.DECLINED:
-            self.status.error(outcome.reason, "declining" if outcome.keys_suspect else "connected")
+            if outcome.keys_suspect:
+                self.status.error(outcome.reason, "declining")
+            else:  # a local decline (status None) says nothing of the connection
+                self.status.error(outcome.reason, None if outcome.status is None else "connected")
         else:
             self.status.error(outcome.reason, "retrying")
 
@@ -144,13 +157,16 @@ class DatonisHttpUplink(Uplink):
     async def alert(
         self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
     ) -> Outcome:
-        body = orjson.dumps(
-            {
-                "thing_key": thing_key,
-                "alert_type": ALERT_LEVELS.get(level, 1),
-                "message": message,
-                "timestamp": int(time.time() * 1000),
-                "data": extra or {},
-            }
-        )
+        try:
+            body = orjson.dumps(
+                {
+                    "thing_key": thing_key,
+                    "alert_type": ALERT_LEVELS.get(level, 1),
+                    "message": message,
+                    "timestamp": int(time.time() * 1000),
+                    "data": extra or {},
+                }
+            )
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            return local_decline(exc, "this alert could not be encoded")
         return await self._post(ALERTS_PATH, body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from ...config.models import CloudBase
 
@@ -14,6 +14,8 @@ class MqttBrokerCloud(CloudBase):
     protocol: Literal["mqtt"]
     endpoint: str
     topic: str = "datonis-edge/{thing_key}/events"
+    alerts_topic: str = Field("datonis-edge/alerts", min_length=1)
+    heartbeat_topic: str = Field("datonis-edge/heartbeat", min_length=1)
     qos: Literal[0, 1] = 1
     client_id: str = ""
     username: str = ""

@@ -2,6 +2,8 @@
 
 The topic is a template; with `{thing_key}` in it a batch is split per thing (one message
 per thing, all awaited). The payload is `{"events": [...], "epoch": e, "batch_id": id}`.
+Alerts go to `alerts_topic` and heartbeats to `heartbeat_topic` the same way, delivered only
+on their PUBACK. `mqtt://user:password@host:port` is accepted; the status shows `***@host`.
 """
 
 from __future__ import annotations
@@ -9,27 +11,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ...model import Batch, Outcome, OutcomeKind
-from ..base import Uplink
+from ..base import Uplink, local_decline, redact_url
 from .config import MqttBrokerCloud
+
+CLOSE_WAIT_S = 1.0  # the network thread is a daemon: a stop does not wait longer for it
 
 
 class MqttBrokerUplink(Uplink):
     type = "mqtt"
 
     def __init__(self, cloud: MqttBrokerCloud) -> None:
-        super().__init__(f"mqtt {cloud.endpoint}")
+        super().__init__(f"mqtt {redact_url(cloud.endpoint)}")
         self.cloud = cloud
         url = urlparse(cloud.endpoint)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or 1883
+        self.username = cloud.username or unquote(url.username or "")
+        self.password = cloud.password.get_secret_value() or unquote(url.password or "")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()
@@ -46,8 +53,8 @@ class MqttBrokerUplink(Uplink):
             client_id=self.cloud.client_id or "",
             clean_session=True,
         )
-        if self.cloud.username:
-            client.username_pw_set(self.cloud.username, self.cloud.password.get_secret_value())
+        if self.username:
+            client.username_pw_set(self.username, self.password)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -60,10 +67,17 @@ class MqttBrokerUplink(Uplink):
         self.status.state = "connecting"
 
     async def close(self) -> None:
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        # loop_stop() joins paho's thread, which may sit in a reconnect wait or a connect():
+        # join it off the event loop and give up after CLOSE_WAIT_S (it is a daemon thread)
+        stopper = threading.Thread(target=client.loop_stop, name="mqtt-uplink-stop", daemon=True)
+        stopper.start()
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while stopper.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         assert self._loop is not None
@@ -92,37 +106,83 @@ class MqttBrokerUplink(Uplink):
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_set_done, fut)
 
+    # ------------------------------------------------------------------ publishing
+
     async def send(self, batch: Batch) -> Outcome:
-        client = self._client
-        if client is None or not self._connected.is_set():
-            # wait briefly for a connection before calling it a retry
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._connected.wait(), self.cloud.request_timeout_ms / 1000)
-            if client is None or not self._connected.is_set():
-                self.status.error("not connected to the broker", "disconnected")
-                return Outcome(
-                    OutcomeKind.RETRY, None, f"not connected to broker {self.host}:{self.port}"
-                )
+        try:
+            messages = self._batch_messages(batch)
+        except (orjson.JSONEncodeError, TypeError, KeyError, ValueError) as exc:
+            outcome = local_decline(exc)
+            self.status.error(outcome.reason)
+            return outcome
+        outcome = await self._publish(messages)
+        if outcome.kind is OutcomeKind.DELIVERED:
+            self.status.ok("connected")
+        else:
+            self.status.error(
+                outcome.reason, "retrying" if self._connected.is_set() else "disconnected"
+            )
+        return outcome
+
+    def _batch_messages(self, batch: Batch) -> list[tuple[str, bytes]]:
         groups: dict[str, list[Any]] = {}
         if "{thing_key}" in self.cloud.topic:
             for ev in batch.events:
-                groups.setdefault(
-                    self.cloud.topic.replace("{thing_key}", ev["thing_key"]), []
-                ).append(ev)
+                topic = self.cloud.topic.replace("{thing_key}", str(ev["thing_key"]))
+                groups.setdefault(topic, []).append(ev)
         else:
             groups[self.cloud.topic] = batch.events
+        return [
+            (
+                topic,
+                orjson.dumps({"events": events, "epoch": batch.epoch, "batch_id": batch.batch_id}),
+            )
+            for topic, events in groups.items()
+        ]
+
+    async def heartbeat(self, thing_keys: list[str]) -> Outcome:
+        body = orjson.dumps({"thing_keys": thing_keys, "timestamp": int(time.time() * 1000)})
+        return await self._publish([(self.cloud.heartbeat_topic, body)])
+
+    async def alert(
+        self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
+    ) -> Outcome:
+        try:
+            body = orjson.dumps(
+                {
+                    "thing_key": thing_key,
+                    "level": level,
+                    "message": message,
+                    "timestamp": int(time.time() * 1000),
+                    "data": extra or {},
+                }
+            )
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            return local_decline(exc, "this alert could not be encoded")
+        return await self._publish([(self.cloud.alerts_topic, body)])
+
+    async def _publish(self, messages: list[tuple[str, bytes]]) -> Outcome:
+        """Publish every message; DELIVERED once the broker acknowledged all of them."""
+        timeout = self.cloud.request_timeout_ms / 1000
+        if self._client is None or not self._connected.is_set():
+            # wait briefly for a connection before calling it a retry
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), timeout)
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return Outcome(
+                OutcomeKind.RETRY, None, f"not connected to broker {self.host}:{self.port}"
+            )
         assert self._loop is not None
         futures = []
         mids: list[int] = []
-        for topic, events in groups.items():
-            payload = orjson.dumps(
-                {"events": events, "epoch": batch.epoch, "batch_id": batch.batch_id}
-            )
+        for topic, payload in messages:
             fut: asyncio.Future[None] = self._loop.create_future()
             # never hold our lock while calling paho: its thread holds its own lock while it
             # calls on_publish, which takes ours
             info = client.publish(topic, payload, qos=self.cloud.qos)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self._abandon(mids)
                 return Outcome(
                     OutcomeKind.RETRY, None, f"publish failed: {mqtt.error_string(info.rc)}"
                 )
@@ -135,18 +195,22 @@ class MqttBrokerUplink(Uplink):
                     mids.append(info.mid)
             futures.append(fut)
         try:
-            await asyncio.wait_for(asyncio.gather(*futures), self.cloud.request_timeout_ms / 1000)
+            await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except TimeoutError:
-            with self._lock:
-                for mid in mids:
-                    if self._pending.pop(mid, None) is not None:
-                        self._abandoned.add(mid)
-            self.status.error("no PUBACK in time", "retrying")
+            self._abandon(mids)
             return Outcome(
                 OutcomeKind.RETRY, None, f"no PUBACK within {self.cloud.request_timeout_ms} ms"
             )
-        self.status.ok("connected")
+        except asyncio.CancelledError:
+            self._abandon(mids)
+            raise
         return Outcome(OutcomeKind.DELIVERED)
+
+    def _abandon(self, mids: list[int]) -> None:
+        with self._lock:
+            for mid in mids:
+                if self._pending.pop(mid, None) is not None:
+                    self._abandoned.add(mid)
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:
