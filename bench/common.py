@@ -123,6 +123,8 @@ def cloud(endpoint: str, **kw: Any) -> dict[str, Any]:
         "retry_max_backoff_ms": 500,
     }
     c.update(kw)
+    if c["protocol"] == "mqtt":  # a broker has no Datonis keys
+        del c["access_key"], c["secret_key"]
     return c
 
 

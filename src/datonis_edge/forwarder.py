@@ -318,7 +318,7 @@ class Forwarder:
         self.status.count("declined_batches")
         message = (
             f"batch {batch.batch_id} ({count} events) declined: {outcome.reason}; "
-            f"kept as declined/{item.path.name}; {hint}"
+            f"kept as declined/{item.id}; {hint}"
         )
         self._once.log(f"declined {outcome.status}", "%s", message, level=logging.ERROR)
         first = batch.events[0] if batch.events else None
