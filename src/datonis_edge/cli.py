@@ -402,7 +402,11 @@ def platform_sim(
     async def main() -> None:
         sock = bind_socket(host, port, "platform-sim")
         typer.echo(f"platform simulator on http://{host}:{port} (control API under /sim)")
-        await serve_app(create_app(access_key, secret_key, record=not no_record), sock)
+        await serve_app(
+            create_app(access_key, secret_key, record=not no_record),
+            sock,
+            name="platform simulator",
+        )
 
     try:
         with contextlib.suppress(KeyboardInterrupt):

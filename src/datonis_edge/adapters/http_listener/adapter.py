@@ -120,7 +120,7 @@ class HttpListenerAdapter(Adapter):
         assert self._sock is not None
         self.status.state = "listening"
         self._bound.set()
-        await serve_app(self.app, self._sock)
+        await serve_app(self.app, self._sock, self.config.limits, f"services '{self.config.name}'")
 
     # ------------------------------------------------------------------ ASGI
 

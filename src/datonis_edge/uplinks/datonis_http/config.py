@@ -31,4 +31,3 @@ class DatonisHttpCloud(CloudBase):
                     "Datonis console (Settings → Access keys) or write ${ENV_VAR}"
                 )
         return self
-
