@@ -16,7 +16,7 @@ import typer
 from . import __version__, logs
 from .config import Config, ConfigError, load_config
 
-log = logging.getLogger("datonis_edge.cli")
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="datonis-edge: industrial IoT edge gateway with store-and-forward and failover.",
@@ -92,57 +92,16 @@ def _require_datadir(datadir: Path) -> None:
 
 
 def _import_config(datadir: Path, source: Path | None) -> Config:
-    """Validate `source` and copy it to <datadir>/config/edge.yaml; load what is there.
+    from .datadir import DataDirError, import_config
 
-    A different config replaces the one there (kept as edge.yaml.bak) only when no master
-    runs: a live master keeps running the old one, so replacing it under it would lie."""
-    target = datadir / "config" / "edge.yaml"
     try:
-        if source is not None:
-            config = load_config(source)
-            text = source.read_bytes()
-            old = target.read_bytes() if target.exists() else None
-            if old != text:
-                _replace_config(datadir, source, target, old, text)
-            return config
-        if not target.exists():
-            raise fail(
-                f"no configuration in {target}; start once with --config FILE to import one "
-                "(see docs/configuration.md)"
-            )
-        return load_config(target)
+        return import_config(datadir, source)
+    except DataDirError as exc:
+        raise fail(str(exc)) from None
     except ConfigError as exc:
         for line in exc.problems:
             typer.echo(line, err=True)
         raise typer.Exit(EXIT_CONFIG) from None
-
-
-def _replace_config(
-    datadir: Path, source: Path, target: Path, old: bytes | None, text: bytes
-) -> None:
-    from .ha.liveness import master_view
-    from .store.declined import write_durably
-
-    if old is not None:
-        master = master_view(datadir)
-        if master.occupied:
-            raise fail(
-                f"{datadir} already has a configuration that differs from {source}, and "
-                f"{master.name} is master running it; to change the configuration stop every "
-                "instance and start one with --config, or edit it in the console"
-            )
-        write_durably(target.with_suffix(".yaml.bak"), old)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_durably(target, text)
-    if old is None:
-        log.info("imported %s into %s", source, target)
-    else:
-        log.info(
-            "imported %s into %s, replacing a different configuration (kept as %s)",
-            source,
-            target,
-            target.with_suffix(".yaml.bak").name,
-        )
 
 
 @app.command()
