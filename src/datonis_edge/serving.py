@@ -359,6 +359,21 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
+class _Slot:
+    """One accepted connection's place under max_connections, given back once."""
+
+    __slots__ = ("acceptor",)
+
+    def __init__(self, acceptor: _Acceptor) -> None:
+        self.acceptor: _Acceptor | None = acceptor
+        acceptor.open += 1
+
+    def release(self) -> None:
+        if self.acceptor is not None:
+            self.acceptor.open -= 1
+            self.acceptor = None
+
+
 class _Acceptor:
     """Accepts connections for one server: past the limit a connection is answered 503 and
     closed before anything is made for it; out of descriptors, the listener keeps listening."""
@@ -431,21 +446,6 @@ class _Acceptor:
         except Exception:  # the peer left before we got to it
             conn.close()
             slot.release()
-
-
-class _Slot:
-    """One accepted connection's place under max_connections, given back once."""
-
-    __slots__ = ("acceptor",)
-
-    def __init__(self, acceptor: _Acceptor) -> None:
-        self.acceptor: _Acceptor | None = acceptor
-        acceptor.open += 1
-
-    def release(self) -> None:
-        if self.acceptor is not None:
-            self.acceptor.open -= 1
-            self.acceptor = None
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
