@@ -240,6 +240,9 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self.phase == "head" and not self.head_seen:
             self.transport.close()  # connected and never asked anything: nothing to answer
             return
+        if self.phase == "body" and self.cycle is not None and self.cycle.response_complete:
+            self.transport.close()  # answered already; the rest of the body is not needed
+            return
         if self.phase == "head":
             self.alarms.note(
                 "header_timeout",
