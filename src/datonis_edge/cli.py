@@ -239,6 +239,14 @@ def _declined_store(datadir: Path):  # type: ignore[no-untyped-def]
     return DeclinedStore(datadir / "declined")
 
 
+def _declined_to_change(datadir: Path, ids: list[str] | None):  # type: ignore[no-untyped-def]
+    """The declined store of a data directory we may write, and the batches `ids` names."""
+    _require_datadir(datadir)
+    _check_datadir(datadir)
+    store = _declined_store(datadir)
+    return store, store.find(ids)
+
+
 @declined_app.command("list")
 def declined_list(
     datadirpath: DataDir,
@@ -274,10 +282,7 @@ def declined_replay(
     from .ha.state import HaFiles
     from .store.outbox import Outbox
 
-    _require_datadir(datadirpath)
-    _check_datadir(datadirpath)
-    store = _declined_store(datadirpath)
-    items = store.find(ids)
+    store, items = _declined_to_change(datadirpath, ids)
     if not items:
         raise fail(
             "nothing to replay" + (f": no declined batch named {', '.join(ids)}" if ids else ""), 1
@@ -325,10 +330,7 @@ def declined_purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete declined batches for good (asks first)."""
-    _require_datadir(datadirpath)
-    _check_datadir(datadirpath)
-    store = _declined_store(datadirpath)
-    items = store.find(ids)
+    store, items = _declined_to_change(datadirpath, ids)
     if not items:
         typer.echo("no declined batches to purge")
         return
