@@ -337,6 +337,7 @@ def test_classic_install_and_upgrade_offline_in_a_debian_container(
     script = f"""
 set -e
 cd /work
+trap 'echo "failed at line $LINENO"; tail -n 15 /work/*.log' ERR
 bad=$(su -s /bin/sh nobody -c './datonis-edge-{VERSION}/install_edge_service.sh' 2>&1 || true)
 echo "$bad" | grep -q 'run it as root'
 ./datonis-edge-{VERSION}/install_edge_service.sh --datadirpath /shared --http-port {port} --config /work/edge.yaml --no-start
@@ -387,6 +388,7 @@ def test_upgrade_with_datadirpath_moves_a_single_install_into_a_shared_directory
     script = f"""
 set -e
 cd /work
+trap 'echo "failed at line $LINENO"; tail -n 15 /work/*.log' ERR
 ./datonis-edge-{VERSION}/install_edge_service.sh --http-port {port} --config /work/edge.yaml --no-start
 grep -q -- '--datadirpath /opt/datonis-edge-data --http-port {port}' {unit}
 {READY.format(port=port)}

@@ -249,7 +249,7 @@ def test_connections_past_the_limit_are_refused_at_once_and_open_ones_are_served
     # the limit is full: our keep-alive clients hold a connection, these the rest
     flood = [connect(target.port) for _ in range(target.max_connections)]
     try:
-        for _ in range(20):
+        for _ in range(10):
             extra = socket.create_connection(("127.0.0.1", target.port), timeout=5)
             with contextlib.suppress(OSError):
                 extra.sendall(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -363,9 +363,26 @@ def test_a_stalled_body_gets_408_but_a_slow_steady_one_is_read(tmp_path: Path) -
         for byte in b"slow":  # a byte a second: longer than the timeout in all, never stalled
             time.sleep(1)
             steady.sendall(bytes([byte]))
-        answer = steady.recv(65536)
+        answer = b""
+        while not answer.endswith(b"slow"):
+            answer += steady.recv(65536) or b"<closed>"
         assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"slow"), answer
         steady.close()
+
+
+def test_the_next_request_on_a_kept_alive_connection_has_its_own_header_deadline(
+    tmp_path: Path,
+) -> None:
+    with LimitedServer(tmp_path, "--limits", '{"header_timeout_ms": 2000}') as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        first = b""
+        while not first.endswith(b"hi"):
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\n")  # ... and the rest never comes
+        assert answer_of(sock).startswith(b"HTTP/1.1 408 ")
+        sock.close()
 
 
 def test_pipelined_and_keep_alive_requests_are_served_as_before(tmp_path: Path) -> None:

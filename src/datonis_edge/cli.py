@@ -17,7 +17,7 @@ from . import __version__, logs
 from .config import ConfigError
 from .root_config import Config, load_config
 
-log = logging.getLogger("datonis_edge.cli")
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="datonis-edge: industrial IoT edge gateway with store-and-forward and failover.",
@@ -93,57 +93,16 @@ def _require_datadir(datadir: Path) -> None:
 
 
 def _import_config(datadir: Path, source: Path | None) -> Config:
-    """Validate `source` and copy it to <datadir>/config/edge.yaml; load what is there.
+    from .datadir import DataDirError, import_config
 
-    A different config replaces the one there (kept as edge.yaml.bak) only when no master
-    runs: a live master keeps running the old one, so replacing it under it would lie."""
-    target = datadir / "config" / "edge.yaml"
     try:
-        if source is not None:
-            config = load_config(source)
-            text = source.read_bytes()
-            old = target.read_bytes() if target.exists() else None
-            if old != text:
-                _replace_config(datadir, source, target, old, text)
-            return config
-        if not target.exists():
-            raise fail(
-                f"no configuration in {target}; start once with --config FILE to import one "
-                "(see docs/configuration.md)"
-            )
-        return load_config(target)
+        return import_config(datadir, source)
+    except DataDirError as exc:
+        raise fail(str(exc)) from None
     except ConfigError as exc:
         for line in exc.problems:
             typer.echo(line, err=True)
         raise typer.Exit(EXIT_CONFIG) from None
-
-
-def _replace_config(
-    datadir: Path, source: Path, target: Path, old: bytes | None, text: bytes
-) -> None:
-    from .ha.liveness import master_view
-    from .store.declined import write_durably
-
-    if old is not None:
-        master = master_view(datadir)
-        if master.occupied:
-            raise fail(
-                f"{datadir} already has a configuration that differs from {source}, and "
-                f"{master.name} is master running it; to change the configuration stop every "
-                "instance and start one with --config, or edit it in the console"
-            )
-        write_durably(target.with_suffix(".yaml.bak"), old)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_durably(target, text)
-    if old is None:
-        log.info("imported %s into %s", source, target)
-    else:
-        log.info(
-            "imported %s into %s, replacing a different configuration (kept as %s)",
-            source,
-            target,
-            target.with_suffix(".yaml.bak").name,
-        )
 
 
 @app.command()
@@ -281,6 +240,14 @@ def _declined_store(datadir: Path):  # type: ignore[no-untyped-def]
     return DeclinedStore(datadir / "declined")
 
 
+def _declined_to_change(datadir: Path, ids: list[str] | None):  # type: ignore[no-untyped-def]
+    """The declined store of a data directory we may write, and the batches `ids` names."""
+    _require_datadir(datadir)
+    _check_datadir(datadir)
+    store = _declined_store(datadir)
+    return store, store.find(ids)
+
+
 @declined_app.command("list")
 def declined_list(
     datadirpath: DataDir,
@@ -316,10 +283,7 @@ def declined_replay(
     from .ha.state import HaFiles
     from .store.outbox import Outbox
 
-    _require_datadir(datadirpath)
-    _check_datadir(datadirpath)
-    store = _declined_store(datadirpath)
-    items = store.find(ids)
+    store, items = _declined_to_change(datadirpath, ids)
     if not items:
         raise fail(
             "nothing to replay" + (f": no declined batch named {', '.join(ids)}" if ids else ""), 1
@@ -367,10 +331,7 @@ def declined_purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete declined batches for good (asks first)."""
-    _require_datadir(datadirpath)
-    _check_datadir(datadirpath)
-    store = _declined_store(datadirpath)
-    items = store.find(ids)
+    store, items = _declined_to_change(datadirpath, ids)
     if not items:
         typer.echo("no declined batches to purge")
         return

@@ -1,4 +1,5 @@
-"""Checks on a data directory before an instance or a CLI command uses it.
+"""The data directory as a starting instance or a CLI command meets it: checks before use,
+and importing the configuration into it.
 
 Every fault here has one sentence naming the path, the cause and the command that fixes it,
 because the alternative is a traceback deep inside the lock, the outbox or the declined store
@@ -9,10 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import pwd
 from collections.abc import Iterator
 from pathlib import Path
+
+from .config import Config, load_config
+
+log = logging.getLogger(__name__)
 
 # everything an instance writes, relative to the data directory; a directory is checked with
 # the files directly inside it (not hidden ones: temp files of other processes)
@@ -29,6 +35,10 @@ WRITTEN_DIRS = (
 )
 MARKERS = ("config", "ha", "outbox")
 PROBE_BYTES = 4096
+
+
+class DataDirError(Exception):
+    """A fault of the data directory, as one sentence naming the cause and the fix."""
 
 
 def _name_of(uid: int) -> str:
@@ -172,3 +182,54 @@ def not_a_datadir(datadir: Path) -> str | None:
     else:
         return None
     return f"{datadir} is not a datonis-edge data directory ({why}); check --datadirpath"
+
+
+def import_config(datadir: Path, source: Path | None) -> Config:
+    """Validate `source` and copy it to <datadir>/config/edge.yaml; load what is there.
+
+    A different config replaces the stored one (kept as edge.yaml.bak) only when no master
+    runs: a live master keeps running the old one, so replacing it under it would lie.
+    Raises ConfigError (the config's own problems) or DataDirError."""
+    target = datadir / "config" / "edge.yaml"
+    if source is None:
+        if not target.exists():
+            raise DataDirError(
+                f"no configuration in {target}; start once with --config FILE to import one "
+                "(see docs/configuration.md)"
+            )
+        return load_config(target)
+    config = load_config(source)
+    text = source.read_bytes()
+    old = target.read_bytes() if target.exists() else None
+    if old != text:
+        _store_config(datadir, source, target, old, text)
+    return config
+
+
+def _store_config(
+    datadir: Path, source: Path, target: Path, old: bytes | None, text: bytes
+) -> None:
+    from .ha.liveness import master_view
+    from .store.declined import write_durably
+
+    backup = target.with_suffix(".yaml.bak")
+    if old is not None:
+        master = master_view(datadir)
+        if master.occupied:
+            raise DataDirError(
+                f"{datadir} already has a configuration that differs from {source}, and "
+                f"{master.name} is master running it; to change the configuration stop every "
+                "instance and start one with --config, or edit it in the console"
+            )
+        write_durably(backup, old)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_durably(target, text)
+    if old is None:
+        log.info("imported %s into %s", source, target)
+    else:
+        log.info(
+            "imported %s into %s, replacing a different configuration (kept as %s)",
+            source,
+            target,
+            backup.name,
+        )

@@ -61,11 +61,19 @@ class Gateway:
         self.epoch = epoch
         self.alerts = alerts
         self.loop: asyncio.AbstractEventLoop | None = None
+
+        def outbox_alert(level: str, message: str) -> None:  # on the outbox's writer thread
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self.alerts.raise_, level, message)
+            else:
+                self.alerts.raise_(level, message)
+
         self.outbox = Outbox(
             datadir / "outbox",
             max_bytes=config.outbox.max_bytes,
             policy=config.outbox.policy,
             on_evict=self._on_evict,
+            on_alert=outbox_alert,
         )
         self.declined = DeclinedStore(datadir / "declined")
         self.uplink = make_uplink(config.cloud)
@@ -134,13 +142,16 @@ class Gateway:
 
     # ------------------------------------------------------------------ life
 
-    async def start(self) -> None:
+    async def start(self, heartbeat_counters: dict[str, Any] | None = None) -> None:
+        """Open the outbox (salvaging a damaged one), compare it with the counters of the last
+        master's heartbeat (acknowledged readings that are missing are reported), start."""
         self.loop = asyncio.get_running_loop()
+        self.alerts.listeners.append(self._on_alert)  # the outbox's alerts at open go out too
         await asyncio.to_thread(self.outbox.open)
+        await asyncio.to_thread(self.outbox.reconcile, heartbeat_counters)
         self.outbox.changed = asyncio.Event()
         self.declined.ensure()
         await self.uplink.start()
-        self.alerts.listeners.append(self._on_alert)
         self._spawn(self.forwarder.run(), "forwarder")
         for adapter in self.adapters:
             self._spawn(self._keep_running(adapter), f"adapter {adapter.status.name}")

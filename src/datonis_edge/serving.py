@@ -240,6 +240,9 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self.phase == "head" and not self.head_seen:
             self.transport.close()  # connected and never asked anything: nothing to answer
             return
+        if self.phase == "body" and self.cycle is not None and self.cycle.response_complete:
+            self.transport.close()  # answered already; the rest of the body is not needed
+            return
         if self.phase == "head":
             self.alarms.note(
                 "header_timeout",
@@ -359,6 +362,21 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
+class _Slot:
+    """One accepted connection's place under max_connections, given back once."""
+
+    __slots__ = ("acceptor",)
+
+    def __init__(self, acceptor: _Acceptor) -> None:
+        self.acceptor: _Acceptor | None = acceptor
+        acceptor.open += 1
+
+    def release(self) -> None:
+        if self.acceptor is not None:
+            self.acceptor.open -= 1
+            self.acceptor = None
+
+
 class _Acceptor:
     """Accepts connections for one server: past the limit a connection is answered 503 and
     closed before anything is made for it; out of descriptors, the listener keeps listening."""
@@ -431,21 +449,6 @@ class _Acceptor:
         except Exception:  # the peer left before we got to it
             conn.close()
             slot.release()
-
-
-class _Slot:
-    """One accepted connection's place under max_connections, given back once."""
-
-    __slots__ = ("acceptor",)
-
-    def __init__(self, acceptor: _Acceptor) -> None:
-        self.acceptor: _Acceptor | None = acceptor
-        acceptor.open += 1
-
-    def release(self) -> None:
-        if self.acceptor is not None:
-            self.acceptor.open -= 1
-            self.acceptor = None
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE):

@@ -3,7 +3,10 @@
 standby: poll the lock every `poll_s`; publish ourselves in ha/standby/<id>.json.
 master:  bump the epoch, write ha/master.json, start the pipeline; every heartbeat rewrite
          master.json and re-read the epoch — if the epoch is not ours, or the data directory
-         stops answering within the stall limit, stop forwarding at once and exit non-zero.
+         stops answering within the stall limit, or fails otherwise, stop forwarding at once
+         and exit non-zero. A *full* disk is not lost mastership: the lock is held and the
+         epoch readable, and a standby on the same disk could do no better, so the master
+         keeps running, degraded and alerted, until master.json can be written again.
 SIGTERM: stop the pipeline, release the lock, exit 0 (a standby takes over within one poll).
 """
 
@@ -15,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -27,12 +31,23 @@ from .pipeline import Gateway
 from .root_config import Config
 from .status import Alerts
 from .store.declined import DeclinedStore
+from .store.diskspace import Reserve, is_disk_full, mount_point
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_LOST_MASTERSHIP = 3
 EXIT_STORAGE_STALLED = 4
+
+
+def heartbeat_survives(exc: OSError) -> bool:
+    """May the master go on after this error writing its heartbeat? Only for a full disk
+    (ENOSPC, EDQUOT): the lock is still held and the epoch still readable, so nobody else can
+    be master, and stopping would only stop the service. Not for EIO: on NFS that is how a
+    lost lease (and with it the lock) shows, and on a local disk the device is failing —
+    either way mastership can no longer be proved, so it is given up as before. EROFS (a
+    filesystem remounted read-only after errors) likewise."""
+    return is_disk_full(exc)
 
 
 class Supervisor:
@@ -64,6 +79,10 @@ class Supervisor:
         self.gateway: Gateway | None = None
         self._stop = asyncio.Event()
         self._heartbeats = 0
+        self.heartbeat_error: str | None = None  # the heartbeat cannot be written (disk full)
+        self.heartbeat_failures = 0
+        self._previous_counters: dict[str, Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.exit_code = EXIT_OK
 
     # ------------------------------------------------------------------ identity
@@ -88,7 +107,7 @@ class Supervisor:
         self._stop.set()
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
@@ -135,14 +154,37 @@ class Supervisor:
     async def _be_master(self) -> None:
         took_at = time.monotonic()
         previous = self.ha.read_master()
-        self.epoch = await asyncio.to_thread(self.ha.bump_epoch)
+        counters = (previous or {}).get("counters")
+        self._previous_counters = counters if isinstance(counters, dict) else None
+        try:
+            self.epoch = await asyncio.to_thread(self._bump_epoch)
+        except OSError as exc:
+            log.error(
+                "cannot become master: %s could not be written (%s); check the data directory",
+                self.ha.epoch_path,
+                exc.strerror or exc,
+            )
+            self.exit_code, self.role = EXIT_STORAGE_STALLED, "stopped"
+            return
         self.since_ms = int(time.time() * 1000)
         await asyncio.to_thread(self.ha.remove_standby, self.instance_id)
-        self._write_master(durable=True)
+        await asyncio.to_thread(self._try_write_master, True)
         self.gateway = Gateway(self.datadir, self.config, self.epoch, self.alerts)
-        await self.gateway.start()
+        try:
+            await self.gateway.start(self._previous_counters)
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            log.error(
+                "cannot start as master: the outbox in %s could not be opened (%s); "
+                "check that directory and its disk",
+                self.gateway.outbox.directory,
+                exc,
+            )
+            self.gateway.abort()
+            await asyncio.to_thread(self.gateway.outbox.close)
+            self.exit_code, self.role = EXIT_STORAGE_STALLED, "stopped"
+            return
         self.role = "master"
-        await asyncio.to_thread(self._write_master)  # now with the outbox depth
+        await asyncio.to_thread(self._try_write_master)  # now with the outbox depth
         log.info(
             "master: epoch %d, pipeline started %.0f ms after taking the lock",
             self.epoch,
@@ -161,6 +203,33 @@ class Supervisor:
                 await self.gateway.stop()
             self.role = "stopped"
 
+    def _bump_epoch(self) -> int:
+        """Bump ha/epoch; on a full disk, with the room the outbox's reserve gives back."""
+        try:
+            return self.ha.bump_epoch()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            freed = Reserve(self.datadir / "outbox", 0).release()
+            log.warning(
+                "the disk is full while taking over: %d bytes of the outbox's reserve released "
+                "to write %s",
+                freed,
+                self.ha.epoch_path,
+            )
+            return self.ha.bump_epoch()
+
+    def _try_write_master(self, durable: bool = False) -> None:
+        """Write master.json; a full disk makes the master degraded, not lost (see below)."""
+        try:
+            self._write_master(durable)
+        except OSError as exc:
+            if not heartbeat_survives(exc):
+                raise
+            self._heartbeat_failed(exc)
+        else:
+            self._heartbeat_written()
+
     def _write_master(self, durable: bool = False) -> None:
         info: dict[str, Any] = {
             **self._identity(),
@@ -174,6 +243,10 @@ class Supervisor:
             stats = self.gateway.outbox.stats()
             info["outbox"] = {"pending": stats.pending, "bytes": stats.bytes}
             info["counters"] = stats.counters
+        elif self._previous_counters is not None:
+            # until the outbox is open, keep the last master's: they are what a torn WAL
+            # is checked against, also if this start does not get that far
+            info["counters"] = self._previous_counters
         self.ha.write_master(info, durable=durable)
 
     async def _keep_alive(self) -> None:
@@ -201,8 +274,40 @@ class Supervisor:
                 return
 
     def _beat(self) -> int:
-        self._write_master()
+        self._try_write_master()  # a full disk: degraded; any other error: raised, lost
         return self.ha.read_epoch()
+
+    def _heartbeat_failed(self, exc: OSError) -> None:
+        """On a worker thread: Alerts are raised on the loop."""
+        self.heartbeat_failures += 1
+        if self.heartbeat_error is not None:
+            return
+        self.heartbeat_error = f"ha/master.json not written: {exc.strerror or exc}"
+        message = (
+            f"heartbeat not written ({exc.strerror or exc}): still master — the lock is held "
+            f"and epoch {self.epoch} is ours; free space on {mount_point(self.datadir)} "
+            "(until then ha/master.json and `datonis-edge status` on other hosts are stale)"
+        )
+        log.warning("%s", message)
+        self._alert_from_thread("warning", message)
+
+    def _heartbeat_written(self) -> None:
+        if self.heartbeat_error is None:
+            return
+        self.heartbeat_error = None
+        message = (
+            f"heartbeat written again after {self.heartbeat_failures} failures: "
+            "ha/master.json is up to date"
+        )
+        self.heartbeat_failures = 0
+        log.info("%s", message)
+        self._alert_from_thread("info", message)
+
+    def _alert_from_thread(self, level: str, message: str) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.alerts.raise_, level, message)
+        else:
+            self.alerts.raise_(level, message)
 
     def _lose(self, why: str, code: int) -> None:
         log.error("mastership lost: %s; stopping at once", why)
@@ -226,6 +331,12 @@ class Supervisor:
         if self.role == "master" and self.gateway is not None:
             snap.update(self.gateway.snapshot())
             snap["standbys"] = self.live_standbys()
+            snap["heartbeat"] = {
+                "ok": self.heartbeat_error is None,
+                "error": self.heartbeat_error,
+                "failures": self.heartbeat_failures,
+            }
+            snap["degraded"] = self.degraded()
         else:
             master = self.ha.read_master()
             snap["master"] = (
@@ -239,6 +350,17 @@ class Supervisor:
             if snap["master"] is not None:
                 snap["master"]["since"] = master.get("since_ms") if master else None
         return snap
+
+    def degraded(self) -> list[str]:
+        """What makes this master degraded (for the status's health), as sentences."""
+        reasons = []
+        if self.heartbeat_error is not None:
+            reasons.append(self.heartbeat_error)
+        if self.gateway is not None:
+            stats = self.gateway.outbox.stats()
+            if stats.disk_full:
+                reasons.append(f"disk full: readings refused ({stats.disk_free_bytes} bytes free)")
+        return reasons
 
     def live_standbys(self, max_age_s: float = 10.0) -> list[dict[str, Any]]:
         now = time.time() * 1000
