@@ -16,7 +16,7 @@ import pwd
 from collections.abc import Iterator
 from pathlib import Path
 
-from .config import Config, load_config
+from .root_config import Config, load_config
 
 log = logging.getLogger(__name__)
 
