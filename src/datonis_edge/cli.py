@@ -392,4 +392,13 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:  # the last resort: a user gets one sentence, the trace goes to the log
+        logging.getLogger("datonis_edge").debug("unexpected error", exc_info=True)
+        typer.echo(
+            f"error: {exc.__class__.__name__}: {exc}. This is a bug in datonis-edge; run again "
+            "with --log-level debug for the details and report them.",
+            err=True,
+        )
+        raise SystemExit(1) from None

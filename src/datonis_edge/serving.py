@@ -558,6 +558,7 @@ async def serve_app(
     config = uvicorn.Config(
         app,
         log_level=logging.WARNING,
+        log_config=None,  # our handlers (logs.py: text or JSON), not uvicorn's own
         access_log=False,
         lifespan="off",
         interface="asgi3",
