@@ -40,7 +40,7 @@ from .diskspace import is_damage, is_disk_full
 from .group_commit import GroupCommitThread, Op
 from .reconcile import missing
 from .room import Room, live_bytes
-from .salvage import Damaged, SalvageReport, check, salvage
+from .salvage import Damaged, SalvageReport, check, check_open, salvage
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,14 @@ class Outbox:
         self._created = not self.path.exists()
         conn: sqlite3.Connection | None = None
         try:
-            conn = self._open_db()
-            problems = check(conn, self.path)
+            problems = check(self.path)  # read-only: a damaged file stays as it was found
             if problems:
                 raise Damaged(problems)
+            conn = self._open_db()
+            if problems is None:  # could not be checked read-only (no room for a -shm?)
+                problems = check_open(conn)
+                if problems:
+                    raise Damaged(problems)
             self._recover(conn)
         except (Damaged, sqlite3.DatabaseError) as exc:
             if conn is not None:
