@@ -505,6 +505,14 @@ def test_malformed_records_keep_text_or_base64_and_cut_huge_payloads() -> None:
     assert big["payload_bytes"] == mqtt_listener.MALFORMED_MAX_PAYLOAD + 10
 
 
+def test_malformed_lines_split_right_in_every_line_reader(tmp_path: Path) -> None:
+    f = MalformedFile(tmp_path / "m.jsonl")
+    odd = "a\u2028b\u2029c\x85d\ne\x1cf"  # line ends to str.splitlines() and JavaScript
+    f.append([malformed_record("t", odd.encode(), odd, NOW), {"reason": "second"}])
+    lines = f.path.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["payload"] == odd
+
+
 def test_the_malformed_file_rotates_keeping_one_old_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
