@@ -47,8 +47,9 @@ class Damaged(Exception):
     """The outbox failed its integrity check at open."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems[:3]))
-        self.problems = problems
+        lines = [ln.strip() for p in problems for ln in p.splitlines()]
+        self.problems = [ln for ln in lines if ln and not ln.startswith("***")]
+        super().__init__("; ".join(self.problems[:3]))
 
 
 @dataclass
