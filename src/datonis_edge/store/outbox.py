@@ -8,8 +8,7 @@ A damaged file is moved aside and salvaged at open (`salvage.py`); a full disk i
 (`room.py`): appends are refused with a reason, acks go on, and appends are accepted again by
 themselves once there is room. docs/durability.md tells the whole story.
 
-One SQLite connection, owned by one writer thread, in WAL mode with exclusive locking (no
-shared-memory file, so it is safe on a shared data directory). Every call is queued to that
+One SQLite connection (outbox_file.py), owned by one writer thread. Every call is queued to that
 thread; it runs everything queued in one transaction and one commit: that is the group
 commit, so N concurrent producers pay for about one fsync, not N.
 
@@ -38,25 +37,15 @@ from .counters import NAMES as COUNTERS
 from .counters import Counters
 from .diskspace import is_damage, is_disk_full
 from .group_commit import GroupCommitThread, Op
+from .outbox_file import open_checked
 from .reconcile import missing
 from .room import Room, live_bytes
-from .salvage import Damaged, SalvageReport, check, check_open, salvage
+from .salvage import SalvageReport
 
 log = logging.getLogger(__name__)
 
 Cursor = tuple[int, int]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS segments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    n INTEGER NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0,
-    nbytes INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 __all__ = ["COUNTERS", "Cursor", "DiskFull", "Outbox", "OutboxClosed", "OutboxFull"]
 _ACK = "ack"  # Op.tag of an ack: (ACK, upto, outcome)
 
@@ -163,57 +152,12 @@ class Outbox:
         self.changed = asyncio.Event()
 
     def _connect(self) -> sqlite3.Connection:
-        """Open, check, recover; a damaged outbox is moved aside and salvaged first."""
+        """Open, check, recover (on the writer thread); a damaged file is salvaged first."""
         self._room.prepare()
         self._created = not self.path.exists()
-        conn: sqlite3.Connection | None = None
-        try:
-            problems = check(self.path)  # read-only: a damaged file stays as it was found
-            if problems:
-                raise Damaged(problems)
-            conn = self._open_db()
-            if problems is None:  # could not be checked read-only (no room for a -shm?)
-                problems = check_open(conn)
-                if problems:
-                    raise Damaged(problems)
-            self._recover(conn)
-        except (Damaged, sqlite3.DatabaseError) as exc:
-            if conn is not None:
-                conn.close()
-            if not (isinstance(exc, Damaged) or is_damage(exc)):
-                raise
-            datadir = self.directory.parent
-            self.salvage = salvage(self.path, str(exc), self._open_db, datadir)
-            conn = self._open_db()
-            self._recover(conn)
-            message = self.salvage.sentence()
-            log.warning("%s (salvage took %.1f s)", message, self.salvage.seconds)
-            self._alert("error", message)
-        self._room.start(conn)
-        self._recovered = dict(self._count.live)
-        return conn
-
-    def _open_db(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file only: lets it shrink
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise RuntimeError(f"the outbox needs SQLite WAL mode, the filesystem gave {mode}")
-            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
-            self._room.configure(conn)
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _recover(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute(
-            "SELECT count(*), coalesce(sum(n - acked), 0), coalesce(sum(nbytes), 0) FROM segments"
-        ).fetchone()
-        self._segments, self._pending, self._bytes = int(row[0]), int(row[1]), int(row[2])
+        opened = open_checked(self.path, self._room)
+        conn, self.salvage = opened.conn, opened.salvage
+        self._segments, self._pending, self._bytes = opened.depth
         self._count.load(conn)
         log.info(
             "outbox recovered: %d events pending in %d segments (%d bytes)",
@@ -221,6 +165,11 @@ class Outbox:
             self._segments,
             self._bytes,
         )
+        if self.salvage is not None:
+            self._alert("error", self.salvage.sentence())
+        self._room.start(conn)
+        self._recovered = dict(self._count.live)
+        return conn
 
     def close(self) -> None:
         self._closed = True
@@ -306,7 +255,7 @@ class Outbox:
             )
         if op is None:
             return False
-        if op.append is not None:
+        if op.append is not None and isinstance(exc, sqlite3.Error | OSError):
             self._count.bump("rejected", op.append[1])  # written by the next commit that works
             if is_disk_full(exc):
                 op.result = DiskFull(self._room.refusal())
