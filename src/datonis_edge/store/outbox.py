@@ -46,7 +46,17 @@ log = logging.getLogger(__name__)
 
 Cursor = tuple[int, int]
 
-__all__ = ["COUNTERS", "Cursor", "DiskFull", "Outbox", "OutboxClosed", "OutboxFull"]
+__all__ = [
+    "COUNTERS",
+    "Cursor",
+    "DiskFull",
+    "Outbox",
+    "OutboxClosed",
+    "OutboxFull",
+    "OutboxStats",
+    "OutboxUnavailable",
+    "ReadResult",
+]
 _ACK = "ack"  # Op.tag of an ack: (ACK, upto, outcome)
 
 

@@ -124,17 +124,16 @@ class Room:
         if not self.reserve.make():
             self.enter("no room for the outbox's reserve at start")
         self.refresh(conn)
-        room = self.free + self.disk_bytes
+        room = self.free + self.disk_bytes + (0 if self.full else self.reserve.size)
         if self.max_bytes + self.reserve.size > room:
             log.warning(
                 "outbox.max_bytes (%d bytes) is more than the filesystem of the data directory "
-                "can give the outbox (%d bytes free on %s plus %d in its files): when it is "
-                "used up, readings are refused until there is room instead of the cap's policy "
-                "applying; set outbox.max_bytes to at most %d",
+                "can give the outbox (%d bytes on %s, free or in its files and reserve): when "
+                "it is used up, readings are refused until there is room instead of the cap's "
+                "policy applying; set outbox.max_bytes to at most %d",
                 self.max_bytes,
-                self.free,
+                room,
                 self.fs,
-                self.disk_bytes,
                 max(room - self.reserve.size, 0),
             )
 
