@@ -170,9 +170,9 @@ def _listener_config(platform: PlatformSim | None, port: int) -> dict[str, Any]:
     return config
 
 
-def _post(port: int, start: int, n: int) -> None:
+def _post(port: int, start: int, n: int, pad: int = 150) -> None:
     events = [
-        {"thing_key": "m", "timestamp": 1_700_000_000_000 + s, "data": {"seq": s, "pad": "z" * 150}}
+        {"thing_key": "m", "timestamp": 1_700_000_000_000 + s, "data": {"seq": s, "pad": "z" * pad}}
         for s in range(start, start + n)
     ]
     r = httpx.post(f"http://127.0.0.1:{port}/api/v3/things/event.json", json={"events": events})
@@ -247,3 +247,32 @@ def test_a_wal_torn_at_the_end_after_sigkill_is_reported_not_hidden(
     log = gw.proc.log()
     assert log.count(TORN) == 1 and "WARNING" in next(ln for ln in log.splitlines() if TORN in ln)
     assert gw.stop() == 0
+
+
+def test_damage_found_while_running_stops_the_gateway_and_the_next_start_salvages(
+    tmp_path: Path, platform: PlatformSim, gateway_factory
+) -> None:
+    platform.fault(status=503, retry_after=1, count=-1)
+    port = free_port()
+    gw = gateway_factory(_listener_config(platform, port)).start()
+    for i in range(120):  # ~12 MB: most of it checkpointed into outbox.db, beyond SQLite's cache
+        _post(port, i * 100, 100, pad=1000)
+    db = gw.datadir / "outbox" / "outbox.db"
+    with open(db, "r+b") as f:  # the disk corrupts a block under the running gateway
+        f.seek(db.stat().st_size // 3 + 100)
+        f.write(random.Random(3).randbytes(4096))
+    platform.http.delete("/sim/faults").raise_for_status()  # delivery reads into the damage
+
+    assert gw.proc.p.wait(30) == 5  # stopped on purpose: the service manager restarts it
+    assert "the next start salvages it" in gw.proc.log()
+    gw.start()
+    alert = wait_until(
+        lambda: next((a for a in gw.status()["alerts"] if SALVAGED.search(a["message"])), None),
+        what="the salvage alert",
+    )
+    salvaged, lost = map(int, SALVAGED.search(alert["message"]).groups())
+    assert salvaged > 0 and lost > 0
+    wait_until(lambda: gw.status()["outbox"]["pending"] == 0, timeout=60, what="the rest delivered")
+    seqs = [e["data"]["seq"] for e in platform.events()]
+    assert set(seqs) <= set(range(12_000)) and len(set(seqs)) == 12_000 - lost
+    assert "Traceback" not in gw.proc.log()

@@ -32,7 +32,6 @@ from typing import Any
 
 import orjson
 
-from ..logs import OnceLogger
 from .counters import NAMES as COUNTERS
 from .counters import Counters
 from .diskspace import is_damage, is_disk_full
@@ -144,7 +143,7 @@ class Outbox:
         self._next_flush = 0.0
         self._created = False  # outbox.db did not exist at open
         self.salvage: SalvageReport | None = None
-        self._once = OnceLogger(log, interval_s=60.0)
+        self.damage: str | None = None  # found damaged while open (SQLite said "malformed")
         self._cache: OrderedDict[int, list[Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._inflight_seg = 0  # segments at or below this id are being sent; never evicted
@@ -254,15 +253,11 @@ class Outbox:
         an ack waits for the next commit that works (acks are cumulative)."""
         if is_disk_full(exc):
             self._room.enter(exc)
-        elif is_damage(exc) and self._once.log(
-            "damaged",
-            "the outbox is damaged (%s): restart the gateway to salvage it",
-            exc,
-            level=logging.ERROR,
-        ):
-            self._alert(
-                "error", f"the outbox is damaged ({exc}): restart the gateway to salvage it"
-            )
+        elif is_damage(exc) and self.damage is None:
+            self.damage = str(exc)  # the supervisor restarts the gateway: open() salvages it
+            message = f"the outbox is damaged ({exc}): it is salvaged at the next start"
+            log.error("%s", message)
+            self._alert("error", message)
         if op is None:
             return False
         if op.append is not None and isinstance(exc, sqlite3.Error | OSError):
