@@ -79,9 +79,10 @@ class IngestStack:
 
     def seqs_delivered(self, thing_key: str | None = None) -> set[Any]:
         return {
-            e["data"]["seq"]
+            seq
             for e in self.platform.events()
-            if "seq" in e.get("data", {}) and thing_key in (None, e["thing_key"])
+            if type(seq := e["data"].get("seq")) in (int, str)
+            and thing_key in (None, e["thing_key"])
         }
 
     def wait_delivered(self, seqs: set[Any], thing_key: str | None = None, **kw: Any) -> None:

@@ -285,10 +285,22 @@ def test_check_readings_names_the_index_and_refuses_what_is_no_list() -> None:
 
 def test_the_fast_path_returns_the_parsed_list_itself_completing_timestamps() -> None:
     stamped = orjson.loads(orjson.dumps([ev(), ev(data={"s": "run", "n": None, "b": True})]))
-    assert check_json_readings(stamped, NOW) is stamped
+    out, payload = check_json_readings(stamped, NOW)
+    assert out is stamped and payload == readings_json(stamped)
     unstamped = orjson.loads(orjson.dumps([ev(timestamp=...), ev(timestamp=...)]))
-    out = check_json_readings(unstamped, NOW)
+    out, payload = check_json_readings(unstamped, NOW)
     assert out is unstamped and all(r["timestamp"] == NOW for r in out)
+    assert orjson.loads(payload) == out
+
+
+def test_integers_beyond_53_bits_take_the_exact_path() -> None:
+    for value, ok in [(2**53, True), (INT64_MAX, True), (INT64_MAX + 1, False), (2**64 - 1, False)]:
+        items = orjson.loads(orjson.dumps([ev(data={"v": value})]))
+        if ok:
+            assert check_json_readings(items, NOW)[0] == items
+        else:
+            with pytest.raises(InvalidReading, match=r"events\[0\]\.data\.v: the integer"):
+                check_json_readings(items, NOW)
 
 
 def test_readings_json_is_the_array_the_outbox_stores() -> None:
@@ -377,9 +389,11 @@ def test_the_fast_path_decides_exactly_as_the_exact_check(items: Any) -> None:
         return  # not something a body could hold
     exact = _outcome(check_readings, orjson.loads(orjson.dumps(items)))
     fast = _outcome(check_json_readings, parsed)
-    assert fast == exact
-    if exact[0] == "ok":  # and what passed can be stored, and reads back the same
-        assert orjson.loads(readings_json(exact[1])) == exact[1]
+    if exact[0] == "ok":  # the same readings, stored as JSON that reads back as them
+        assert fast[0] == "ok" and fast[1][0] == exact[1]
+        assert orjson.loads(fast[1][1]) == exact[1] == orjson.loads(readings_json(exact[1]))
+    else:
+        assert fast == exact
 
 
 # ---------------------------------------------------------------------- the http_listener's body
@@ -452,7 +466,9 @@ def test_a_body_with_the_events_key_twice_is_refused() -> None:
     assert status == 422 and '"events" more than once' in reason
     # the text "events" elsewhere (a metric named so) is no repetition
     named = b'{"events": [{"thing_key": "a", "timestamp": 1, "data": {"events": 3}}]}'
-    assert parse_events(named, NOW) == [{"thing_key": "a", "timestamp": 1, "data": {"events": 3}}]
+    assert parse_events(named, NOW)[0] == [
+        {"thing_key": "a", "timestamp": 1, "data": {"events": 3}}
+    ]
 
 
 def test_a_repeated_events_key_around_nesting_deeper_than_json_reads_is_a_422() -> None:
@@ -464,8 +480,8 @@ def test_a_repeated_events_key_around_nesting_deeper_than_json_reads_is_a_422() 
 def test_the_listener_stores_what_was_checked_not_the_body() -> None:
     assert not hasattr(http_listener, "_events_json")
     body = b'{"events": [{"thing_key": "a", "timestamp": 1, "data": {"v": 1}, "x": [[[]]]}]}'
-    events = parse_events(body, NOW)
-    assert readings_json(events) == b'[{"thing_key":"a","timestamp":1,"data":{"v":1}}]'
+    events, payload = parse_events(body, NOW)
+    assert payload == readings_json(events) == b'[{"thing_key":"a","timestamp":1,"data":{"v":1}}]'
 
 
 # ---------------------------------------------------------------------- the mqtt_listener's payload
@@ -508,6 +524,14 @@ def test_malformed_records_keep_text_or_base64_and_cut_huge_payloads() -> None:
     big = malformed_record("a/b", b"x" * (mqtt_listener.MALFORMED_MAX_PAYLOAD + 10), "why", NOW)
     assert len(big["payload"]) == mqtt_listener.MALFORMED_MAX_PAYLOAD
     assert big["payload_bytes"] == mqtt_listener.MALFORMED_MAX_PAYLOAD + 10
+
+
+def test_malformed_lines_split_right_in_every_line_reader(tmp_path: Path) -> None:
+    f = MalformedFile(tmp_path / "m.jsonl")
+    odd = "a\u2028b\u2029c\x85d\ne\x1cf"  # line ends to str.splitlines() and JavaScript
+    f.append([malformed_record("t", odd.encode(), odd, NOW), {"reason": "second"}])
+    lines = f.path.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["payload"] == odd
 
 
 def test_the_malformed_file_rotates_keeping_one_old_file(

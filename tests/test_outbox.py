@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -129,5 +130,30 @@ async def test_the_batch_in_flight_is_never_evicted(tmp_path: Path) -> None:
         stats = outbox.stats()
         assert stats.counters["delivered"] == 10  # not also counted as evicted
         assert stats.counters["delivered"] + stats.counters["evicted"] + stats.pending == 1000
+    finally:
+        outbox.close()
+
+
+async def test_a_failing_operation_fails_alone_and_the_writer_lives_on(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    outbox.open()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO segments(n, nbytes, created_ms, payload) VALUES (1, 1, 0, 'x')")
+        raise sqlite3.OperationalError("disk I/O error")  # as a failing disk would
+
+    try:
+        results = await asyncio.gather(
+            outbox.append(_events(0, 5)),
+            outbox._submit(broken),
+            outbox.append(_events(5, 5)),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], sqlite3.OperationalError)
+        assert not isinstance(results[0], BaseException)
+        assert not isinstance(results[2], BaseException)
+        await outbox.append(_events(10, 5))  # the next operation works
+        assert await _drain(outbox, 100) == list(range(15))  # the broken insert was undone
+        assert outbox.stats().counters["accepted"] == 15
     finally:
         outbox.close()

@@ -54,7 +54,6 @@ INT64_MAX = 2**63 - 1
 """Largest integer value accepted (see INT64_MIN)."""
 
 _INF = float("inf")
-_NUMBERS = {int, float, bool}
 _JSON_SCALARS = {int, float, bool, str, type(None)}
 
 
@@ -102,55 +101,62 @@ def check_readings(items: Any, now_ms: int, where: str = "events") -> list[dict[
         raise InvalidReading(_reason(f"{where}[{i}]", fault)) from None
 
 
-def check_json_readings(items: Any, now_ms: int, where: str = "events") -> list[dict[str, Any]]:
-    """As check_readings, for a list fresh from `orjson.loads`, and fast when it is plainly valid.
+def check_json_readings(
+    items: Any, now_ms: int, where: str = "events"
+) -> tuple[list[dict[str, Any]], bytes]:
+    """As check_readings, for a list fresh from `orjson.loads`, with the readings serialized as
+    `readings_json` does; fast when the list is plainly valid.
 
     orjson's output can only hold JSON types, finite floats, valid strings and integers below
     2**64, so a list of events that hold exactly thing_key, timestamp and data is proven valid
-    on the whole list at once, at C speed, and returned itself (a missing timestamp completed
-    in place). Anything else, or anything close to a limit, gets the exact check."""
+    on the whole list at once, at C speed (integers by serializing with orjson's 53-bit limit),
+    and returned itself, a missing timestamp completed in place. Anything else, or anything
+    close to a limit, gets the exact check."""
     shape = _plain_shape(items) if type(items) is list and items else None
-    if shape == "stamped":
-        return items
-    if shape == "unstamped":
-        for item in items:
-            item["timestamp"] = now_ms
-        return items
-    return check_readings(items, now_ms, where)
+    if shape is not None:
+        if shape == "unstamped":
+            for item in items:
+                item["timestamp"] = now_ms
+        try:
+            return items, orjson.dumps(items, option=orjson.OPT_STRICT_INTEGER)
+        except orjson.JSONEncodeError:
+            pass  # an integer of more than 53 bits: the exact check says if it is too large
+    readings = check_readings(items, now_ms, where)
+    return readings, readings_json(readings)
 
 
 def _plain_shape(items: list[Any]) -> str | None:
     """How plainly valid the items are: "stamped" if every one is a reading within the limits,
-    "unstamped" if every one is but for its missing timestamp; judged on the whole list by type, size, min and max (each
-    distinct thing_key and name once); None means "look closer", not "invalid"."""
-    if set(map(type, items)) != {dict}:
-        return None
-    keys = list(map(dict.get, items, repeat("thing_key")))
-    stamps = list(map(dict.get, items, repeat("timestamp")))
-    datas = list(map(dict.get, items, repeat("data")))
-    if set(map(type, keys)) != {str} or set(map(type, datas)) != {dict}:
-        return None
-    # with thing_key and data present, 3 fields are those and a timestamp (unless it is null:
-    # then the third could be anything), 2 are those alone
-    sizes = set(map(len, items))
-    stamp_types = set(map(type, stamps))
-    if stamp_types == {int} and sizes == {3}:
-        if min(stamps) < MIN_TIMESTAMP_MS or max(stamps) >= MAX_TIMESTAMP_MS:
+    "unstamped" if every one is but for its missing timestamp; judged on the whole list by
+    type, size, min and max (each distinct thing_key and name once). None means "look closer",
+    not "invalid"; so does a TypeError, which is how a non-dict item or data shows here."""
+    try:
+        keys = list(map(dict.get, items, repeat("thing_key")))
+        stamps = list(map(dict.get, items, repeat("timestamp")))
+        datas = list(map(dict.get, items, repeat("data")))
+        # with thing_key and data present, 3 fields are those and a timestamp (unless it is
+        # null: then the third could be anything), 2 are those alone
+        sizes = set(map(len, items))
+        stamp_types = set(map(type, stamps))
+        if stamp_types == {int} and sizes == {3}:
+            if min(stamps) < MIN_TIMESTAMP_MS or max(stamps) >= MAX_TIMESTAMP_MS:
+                return None
+            shape = "stamped"
+        elif stamp_types == {type(None)} and sizes == {2}:
+            shape = "unstamped"
+        else:
+            return None  # a mix of present and missing timestamps, or anything else
+        for key in set(keys):
+            if type(key) is not str or not 0 < len(key) <= MAX_THING_KEY_LENGTH:
+                return None
+            if not key.isprintable() or "+" in key or "#" in key:
+                return None
+        sizes = set(map(len, datas))
+        if min(sizes) == 0 or max(sizes) > MAX_ITEMS:
             return None
-        shape = "stamped"
-    elif stamp_types == {type(None)} and sizes == {2}:
-        shape = "unstamped"
-    else:
-        return None  # a mix of present and missing timestamps, or anything else: one by one
-    for key in set(keys):
-        if not (0 < len(key) <= MAX_THING_KEY_LENGTH and key.isprintable()):
-            return None
-        if "+" in key or "#" in key:
-            return None
-    sizes = set(map(len, datas))
-    if min(sizes) == 0 or max(sizes) > MAX_ITEMS:
+        return shape if _json_values_fit(datas) else None
+    except TypeError:
         return None
-    return shape if _json_values_fit(datas) else None
 
 
 def readings_json(readings: list[dict[str, Any]]) -> bytes:
@@ -227,24 +233,20 @@ def _check_values(data: dict[Any, Any]) -> None:
             raise
 
 
-def _json_values_fit(datas: list[dict[str, Any]]) -> bool:
-    """Whether the values of these `data` objects, fresh from orjson.loads, are certainly within
-    the limits, judged on all of them at once: the names once each, the values by type, min and
-    max. False means "look closer" (check_readings finds the fault, or none), never "invalid"."""
+def _json_values_fit(datas: list[Any]) -> bool:
+    """Whether these `data` objects, fresh from orjson.loads, hold values within the limits
+    (integers aside), judged on all of them at once: the names once each, the values by type.
+    False means "look closer" (check_readings finds the fault, or none). dict.values raises
+    TypeError for what is no dict."""
     for name in set(chain.from_iterable(datas)):
-        if not 0 < len(name) <= MAX_NAME_LENGTH:
+        if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
             return False
-    values = list(chain.from_iterable(map(dict.values, datas)))
-    types = set(map(type, values))
+    types = set(map(type, chain.from_iterable(map(dict.values, datas))))
     if not types <= _JSON_SCALARS:
         return False  # nested objects or arrays: their depth and sizes need the full walk
-    if int in types:
-        ints = values if types <= _NUMBERS else [v for v in values if type(v) is int]
-        if min(ints) < INT64_MIN or max(ints) > INT64_MAX:
-            return False
     if str in types:
-        strings = [v for v in values if type(v) is str]
-        if max(map(len, strings)) > MAX_STRING_LENGTH:
+        values = chain.from_iterable(map(dict.values, datas))
+        if max(len(v) for v in values if type(v) is str) > MAX_STRING_LENGTH:
             return False
     return True
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_LOST_MASTERSHIP = 3
 EXIT_STORAGE_STALLED = 4
+EXIT_OUTBOX_DAMAGED = 5  # stopped so that the next start (or a standby) salvages the outbox
 
 
 def heartbeat_survives(exc: OSError) -> bool:
@@ -271,6 +272,16 @@ class Supervisor:
                     f"epoch is now {epoch}, ours is {self.epoch}: another master was elected",
                     EXIT_LOST_MASTERSHIP,
                 )
+                return
+            assert self.gateway is not None
+            if self.gateway.outbox.damage is not None:
+                log.error(
+                    "stopping: the outbox is damaged (%s); the next start salvages it "
+                    "(the service manager restarts the gateway, or a standby takes over)",
+                    self.gateway.outbox.damage,
+                )
+                self.exit_code, self.role = EXIT_OUTBOX_DAMAGED, "stopped"
+                await self.gateway.stop()
                 return
 
     def _beat(self) -> int:

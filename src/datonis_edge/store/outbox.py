@@ -8,8 +8,7 @@ A damaged file is moved aside and salvaged at open (`salvage.py`); a full disk i
 (`room.py`): appends are refused with a reason, acks go on, and appends are accepted again by
 themselves once there is room. docs/durability.md tells the whole story.
 
-One SQLite connection, owned by one writer thread, in WAL mode with exclusive locking (no
-shared-memory file, so it is safe on a shared data directory). Every call is queued to that
+One SQLite connection (outbox_file.py), owned by one writer thread. Every call is queued to that
 thread; it runs everything queued in one transaction and one commit: that is the group
 commit, so N concurrent producers pay for about one fsync, not N.
 
@@ -33,31 +32,30 @@ from typing import Any
 
 import orjson
 
-from ..logs import OnceLogger
 from .counters import NAMES as COUNTERS
 from .counters import Counters
 from .diskspace import is_damage, is_disk_full
 from .group_commit import GroupCommitThread, Op
+from .outbox_file import open_checked
 from .reconcile import missing
 from .room import Room, live_bytes
-from .salvage import Damaged, SalvageReport, check, salvage
+from .salvage import SalvageReport
 
 log = logging.getLogger(__name__)
 
 Cursor = tuple[int, int]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS segments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    n INTEGER NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0,
-    nbytes INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-__all__ = ["COUNTERS", "Cursor", "DiskFull", "Outbox", "OutboxClosed", "OutboxFull"]
+__all__ = [
+    "COUNTERS",
+    "Cursor",
+    "DiskFull",
+    "Outbox",
+    "OutboxClosed",
+    "OutboxFull",
+    "OutboxStats",
+    "OutboxUnavailable",
+    "ReadResult",
+]
 _ACK = "ack"  # Op.tag of an ack: (ACK, upto, outcome)
 
 
@@ -129,6 +127,9 @@ class Outbox:
         self.policy = policy
         self.on_evict = on_evict
         self.on_alert = on_alert
+        # the pages a transaction touches besides the new rows (leaf, counters, freelist, pointer
+        # map; more when it evicts): 16 pages, fewer for a tiny cap (measured: 3 to 12)
+        self._txn_bytes = max(4, min(16, max_bytes // (64 * 4096))) * 4096
         self._room = Room(
             self.directory, self.path, max_bytes, self._alert, reserve_bytes, wal_bound
         )
@@ -142,7 +143,7 @@ class Outbox:
         self._next_flush = 0.0
         self._created = False  # outbox.db did not exist at open
         self.salvage: SalvageReport | None = None
-        self._once = OnceLogger(log, interval_s=60.0)
+        self.damage: str | None = None  # found damaged while open (SQLite said "malformed")
         self._cache: OrderedDict[int, list[Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._inflight_seg = 0  # segments at or below this id are being sent; never evicted
@@ -160,53 +161,12 @@ class Outbox:
         self.changed = asyncio.Event()
 
     def _connect(self) -> sqlite3.Connection:
-        """Open, check, recover; a damaged outbox is moved aside and salvaged first."""
+        """Open, check, recover (on the writer thread); a damaged file is salvaged first."""
         self._room.prepare()
         self._created = not self.path.exists()
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = self._open_db()
-            problems = check(conn, self.path)
-            if problems:
-                raise Damaged(problems)
-            self._recover(conn)
-        except (Damaged, sqlite3.DatabaseError) as exc:
-            if conn is not None:
-                conn.close()
-            if not (isinstance(exc, Damaged) or is_damage(exc)):
-                raise
-            datadir = self.directory.parent
-            self.salvage = salvage(self.path, str(exc), self._open_db, datadir)
-            conn = self._open_db()
-            self._recover(conn)
-            message = self.salvage.sentence()
-            log.warning("%s (salvage took %.1f s)", message, self.salvage.seconds)
-            self._alert("error", message)
-        self._room.start(conn)
-        self._recovered = dict(self._count.live)
-        return conn
-
-    def _open_db(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file only: lets it shrink
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise RuntimeError(f"the outbox needs SQLite WAL mode, the filesystem gave {mode}")
-            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
-            self._room.configure(conn)
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _recover(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute(
-            "SELECT count(*), coalesce(sum(n - acked), 0), coalesce(sum(nbytes), 0) FROM segments"
-        ).fetchone()
-        self._segments, self._pending, self._bytes = int(row[0]), int(row[1]), int(row[2])
+        opened = open_checked(self.path, self._room)
+        conn, self.salvage = opened.conn, opened.salvage
+        self._segments, self._pending, self._bytes = opened.depth
         self._count.load(conn)
         log.info(
             "outbox recovered: %d events pending in %d segments (%d bytes)",
@@ -214,6 +174,11 @@ class Outbox:
             self._segments,
             self._bytes,
         )
+        if self.salvage is not None:
+            self._alert("error", self.salvage.sentence())
+        self._room.start(conn)
+        self._recovered = dict(self._count.live)
+        return conn
 
     def close(self) -> None:
         self._closed = True
@@ -288,18 +253,14 @@ class Outbox:
         an ack waits for the next commit that works (acks are cumulative)."""
         if is_disk_full(exc):
             self._room.enter(exc)
-        elif is_damage(exc) and self._once.log(
-            "damaged",
-            "the outbox is damaged (%s): restart the gateway to salvage it",
-            exc,
-            level=logging.ERROR,
-        ):
-            self._alert(
-                "error", f"the outbox is damaged ({exc}): restart the gateway to salvage it"
-            )
+        elif is_damage(exc) and self.damage is None:
+            self.damage = str(exc)  # the supervisor restarts the gateway: open() salvages it
+            message = f"the outbox is damaged ({exc}): it is salvaged at the next start"
+            log.error("%s", message)
+            self._alert("error", message)
         if op is None:
             return False
-        if op.append is not None:
+        if op.append is not None and isinstance(exc, sqlite3.Error | OSError):
             self._count.bump("rejected", op.append[1])  # written by the next commit that works
             if is_disk_full(exc):
                 op.result = DiskFull(self._room.refusal())
@@ -379,7 +340,7 @@ class Outbox:
             refusal: OutboxFull | None = None
             if self._room.full:
                 refusal = DiskFull(self._room.refusal())
-            elif need > limit:
+            elif self._peak(need) > limit:
                 refusal = OutboxFull(
                     f"{len(payload)} bytes in one request do not fit in the outbox cap of "
                     f"{self.max_bytes} bytes (less its WAL bound, {self._room.wal_bound}); "
@@ -387,9 +348,9 @@ class Outbox:
                 )
             else:
                 if live is None:
-                    live = live_bytes(conn) + 4096  # the page the new row starts in
-                if live + adding + need > limit:
-                    refusal, live = self._make_room(conn, live, adding + need)
+                    live = live_bytes(conn)
+                if live + self._peak(adding + need) > limit:
+                    refusal, live = self._make_room(conn, live, self._peak(adding + need))
             if refusal is not None:
                 self._count.bump("rejected", n)
                 op.result = refusal
@@ -416,6 +377,11 @@ class Outbox:
         self._count.bump("accepted", n)
         self.appends += len(kept)
 
+    def _peak(self, nbytes: int) -> int:
+        """What an append needs under the cap at its peak: written into the WAL, then copied
+        into outbox.db by a checkpoint while the WAL still holds it, plus the other pages."""
+        return 2 * nbytes + self._txn_bytes
+
     def _make_room(
         self, conn: sqlite3.Connection, live: int, need: int
     ) -> tuple[OutboxFull | None, int]:
@@ -432,6 +398,12 @@ class Outbox:
                 "SELECT id, n, acked, nbytes FROM segments WHERE id > ? ORDER BY id LIMIT 256",
                 (self._inflight_seg,),
             ).fetchall()
+            if not rows and self._segments == 0:
+                return OutboxFull(
+                    f"the request does not fit in the outbox cap of {self.max_bytes} bytes "
+                    f"(SQLite's own pages take {live} and the WAL bound {self._room.wal_bound}); "
+                    "send smaller bulks or raise outbox.max_bytes"
+                ), live
             if not rows:
                 return OutboxFull(
                     "the outbox is full and what it holds is being sent right now"
@@ -453,7 +425,7 @@ class Outbox:
             self._count.bump("evicted", evicted)
             if evicted and self.on_evict is not None:
                 self.on_evict(evicted)
-            live = live_bytes(conn) + 4096
+            live = live_bytes(conn)
         return None, live
 
     # ---------------------------------------------------------------- read

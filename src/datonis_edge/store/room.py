@@ -43,6 +43,7 @@ RESERVE_EXTRA = 256 * KIB  # on top of the WAL bound: a checkpoint may need the 
 PROBE_S = 0.25  # how often a full disk is looked at again
 REFRESH_S = 0.5  # how often the published numbers are refreshed
 ANNOUNCE_S = 60.0  # a disk that fills again within this is not logged again
+CONVERT_MAX = 64 * MIB  # an older outbox.db is converted for incremental vacuum up to this
 VACUUM_PAGES = 32  # pages moved per vacuum step (their WAL frames fit in the reserve's room)
 
 Alert = Callable[[str, str], None]
@@ -82,6 +83,7 @@ class Room:
         self.reserve = Reserve(directory, reserve_bytes or self.wal_bound + RESERVE_EXTRA)
         self.full = False
         self._trim = False  # after a full disk: give free pages back until few are left
+        self._can_shrink = True  # outbox.db uses incremental vacuum
         self.fs = str(directory)
         # published for stats() (read from other threads; refreshed on the writer thread)
         self.free = 0
@@ -118,30 +120,36 @@ class Room:
     def start(self, conn: sqlite3.Connection) -> None:
         """After the outbox opened: make the reserve (or start full), say if the cap is too big."""
         self._shrinkable(conn)
+        self._can_shrink = conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
         if not self.reserve.make():
             self.enter("no room for the outbox's reserve at start")
         self.refresh(conn)
-        room = self.free + self.disk_bytes
+        room = self.free + self.disk_bytes + (0 if self.full else self.reserve.size)
         if self.max_bytes + self.reserve.size > room:
             log.warning(
                 "outbox.max_bytes (%d bytes) is more than the filesystem of the data directory "
-                "can give the outbox (%d bytes free on %s plus %d in its files): when it is "
-                "used up, readings are refused until there is room instead of the cap's policy "
-                "applying; set outbox.max_bytes to at most %d",
+                "can give the outbox (%d bytes on %s, free or in its files and reserve): when "
+                "it is used up, readings are refused until there is room instead of the cap's "
+                "policy applying; set outbox.max_bytes to at most %d",
                 self.max_bytes,
-                self.free,
+                room,
                 self.fs,
-                self.disk_bytes,
                 max(room - self.reserve.size, 0),
             )
 
     def _shrinkable(self, conn: sqlite3.Connection) -> None:
-        """An outbox made before incremental vacuum: convert it once, if there is room."""
+        """An outbox made before incremental vacuum: converted once (a VACUUM, ~6 s per GB
+        here), when it is small enough not to delay a takeover and there is room for it."""
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
             return
         size = file_bytes(self.db_path, self.wal_path)
-        if free_bytes(self.directory) < 2 * size + self.reserve.size:
-            log.info("outbox.db kept as it is (no room to convert it for incremental vacuum)")
+        if size > CONVERT_MAX or free_bytes(self.directory) < 2 * size + self.reserve.size:
+            log.info(
+                "outbox.db (%d bytes) cannot give space back on a full disk yet: it is "
+                "converted at a start when it is under %d bytes and has room",
+                size,
+                CONVERT_MAX,
+            )
             return
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("VACUUM")
@@ -193,12 +201,19 @@ class Room:
             self._next_probe = now + PROBE_S
             self._give_back(conn, steps=64 if self.full else 4)
             self.refresh(conn)
-            wanted = self.reserve.size + 2 * self.wal_bound + RESERVE_EXTRA
-            if self.full and self.free >= wanted and self.reserve.make():
+            if self.full and self._room_again(conn) and self.reserve.make():
                 self.refresh(conn)
                 self._leave()
         elif now >= self._next_refresh:
             self.refresh(conn)
+
+    def _room_again(self, conn: sqlite3.Connection) -> bool:
+        """Room for the reserve, a WAL's worth of writing, and readings (on the filesystem or
+        in outbox.db's free pages), with a margin so that a full disk does not flap."""
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        inside = conn.execute("PRAGMA freelist_count").fetchone()[0] * page_size
+        spare = self.free - self.reserve.size - self.wal_bound
+        return spare >= RESERVE_EXTRA and spare + inside >= self.wal_bound + RESERVE_EXTRA
 
     def checkpoint(self, conn: sqlite3.Connection) -> bool:
         """Copy the WAL into outbox.db and truncate it to zero. False if it could not."""
@@ -216,6 +231,10 @@ class Room:
     def _give_back(self, conn: sqlite3.Connection, steps: int) -> None:
         """Move pages from the end of outbox.db into free ones and truncate it: everything
         while the disk is full, then down to a WAL bound's worth of free pages."""
+        if not self._can_shrink:
+            self._trim = False
+            self.checkpoint(conn)
+            return
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         for _ in range(steps):  # bounded: a probe must not hold the writer for long
             free = conn.execute("PRAGMA freelist_count").fetchone()[0]

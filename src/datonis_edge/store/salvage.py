@@ -1,6 +1,8 @@
 """A damaged outbox: found at open, moved aside (never deleted), what can be read salvaged.
 
-`check` runs SQLite's `PRAGMA integrity_check` when the outbox opens. Its cost is reading
+`check` runs SQLite's `PRAGMA integrity_check` when the outbox opens, on a read-only
+connection: SQLite may write to a damaged file when a read-write connection to it closes, and
+the damaged files are kept as they were found. Its cost is reading
 every page; SQLite reads them one by one in b-tree order, which on a cold page cache turns a
 1 GB outbox into ~20 s of small random reads on the project's VM. Reading the files once
 sequentially first (when they fit in memory) brings that to ~1 s (docs/durability.md).
@@ -22,6 +24,7 @@ import logging
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +34,7 @@ from typing import Any
 import orjson
 
 from .counters import pending_of
-from .diskspace import is_disk_full
+from .diskspace import is_damage, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,9 @@ class Damaged(Exception):
     """The outbox failed its integrity check at open."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems[:3]))
-        self.problems = problems
+        lines = [ln.strip() for p in problems for ln in p.splitlines()]
+        self.problems = [ln for ln in lines if ln and not ln.startswith("***")]
+        super().__init__("; ".join(self.problems[:3]))
 
 
 @dataclass
@@ -105,10 +109,33 @@ def preread(*paths: Path) -> None:
                 pass
 
 
-def check(conn: sqlite3.Connection, path: Path) -> list[str]:
-    """SQLite's integrity check of the open outbox: [] if sound, else what it found."""
+def check(path: Path) -> list[str] | None:
+    """SQLite's integrity check of the outbox file: [] if sound (or absent), else what it
+    found; None if it could not be opened read-only (then check_open() on the real one)."""
+    if not path.exists():
+        return []
     preread(path, Path(f"{path}-wal"))
-    rows = conn.execute("PRAGMA integrity_check(20)").fetchall()
+    try:
+        ro = ReadOnly(path)
+    except sqlite3.Error as exc:
+        return [str(exc)] if is_damage(exc) else None
+    try:
+        return check_open(ro.conn)
+    except sqlite3.Error as exc:
+        if is_damage(exc):
+            return [str(exc)]
+        return None
+    finally:
+        ro.close()
+
+
+def check_open(conn: sqlite3.Connection) -> list[str]:
+    try:
+        rows = conn.execute("PRAGMA integrity_check(20)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        return [str(exc)]
     problems = [str(r[0]) for r in rows]
     return [] if problems == ["ok"] else problems
 
@@ -134,20 +161,36 @@ def move_aside(db_path: Path) -> Path:
     return target
 
 
-class _Reader:
-    """Rows of a damaged outbox, read through SQLite, read-only, skipping unreadable ones."""
+class ReadOnly:
+    """A read-only connection that leaves the files as they were found. Opening it may create
+    a -shm (and an empty -wal) beside them: those, and only those, are removed on close."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.unreadable = 0
         self._made = [s for s in ("-wal", "-shm") if not Path(f"{path}{s}").exists()]
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        try:
+            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        except BaseException:
+            self._remove_made()
+            raise
 
     def close(self) -> None:
         self.conn.close()
-        for suffix in self._made:  # only what opening it created: the damaged files stay
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        for suffix in self._made:
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{self.path}{suffix}").unlink()
+
+
+class _Reader(ReadOnly):
+    """Rows of a damaged outbox, read through SQLite, read-only, skipping unreadable ones."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.unreadable = 0
 
     def counters(self) -> dict[str, int] | None:
         try:

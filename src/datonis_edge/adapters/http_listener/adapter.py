@@ -48,9 +48,10 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-def parse_events(body: bytes, now_ms: int) -> list[dict[str, Any]]:
-    """The checked events of a Datonis event body (one event, or `{"events": [...]}`); raises
-    BadRequest: 400 when the body is not JSON, 422 naming the first fault of the events."""
+def parse_events(body: bytes, now_ms: int) -> tuple[list[dict[str, Any]], bytes]:
+    """The checked events of a Datonis event body (one event, or `{"events": [...]}`), and
+    the JSON array the outbox stores for them; raises BadRequest: 400 when the body is not
+    JSON, 422 naming the first fault of the events."""
     try:
         payload = orjson.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError alike
@@ -67,7 +68,8 @@ def parse_events(body: bytes, now_ms: int) -> list[dict[str, Any]]:
                 )
             return check_json_readings(payload["events"], now_ms)
         if type(payload) is dict:
-            return [check_reading(payload, now_ms)]
+            events = [check_reading(payload, now_ms)]
+            return events, readings_json(events)
     except InvalidReading as exc:
         raise BadRequest(422, exc.reason) from None
     raise BadRequest(422, 'the body must be a JSON object: one event or {"events": [...]}')
@@ -157,11 +159,7 @@ class HttpListenerAdapter(Adapter):
             self._check_signature(scope, body)
             if path != EVENT_PATH:
                 return 200, b'{"status":"ok"}', []
-            events = parse_events(body, int(time.time() * 1000))
-            try:
-                raw = readings_json(events)
-            except InvalidReading as exc:
-                raise BadRequest(422, exc.reason) from None
+            events, raw = parse_events(body, int(time.time() * 1000))
         except BadRequest as exc:
             self.status.count("bad_requests")
             self.status.error(f"{exc.status}: {exc.reason}")
