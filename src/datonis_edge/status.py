@@ -1,14 +1,26 @@
 """Live state that parts report and the console reads: per service, per uplink, alerts.
 
 Plain mutable records, written by their owner only; the console reads a snapshot.
+
+A status that `announce`s (every adapter's) is also how its trouble reaches the log: the first
+`error()` after a good spell is one WARNING line naming the part, the cause and the fix
+(`hint`); the first `ok()` after a logged problem is one INFO line. Problem lines of one part
+are at most one a minute (a flapping device gets a count, not a flood). Parts that log their
+own changes (the forwarder, the uplinks) leave `announce` off.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+log = logging.getLogger("datonis_edge.services")
+
+ANNOUNCE_INTERVAL_S = 60.0
+HEALTHY_STATES = frozenset({"starting", "running", "connected", "listening", "ready", "stopped"})
 
 
 def _ms() -> int:
@@ -29,17 +41,45 @@ class PartStatus:
     last_ok_ms: int | None = None
     counters: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # logging of state changes (see the module docstring); not part of the snapshot
+    announce: bool = field(default=False, repr=False)
+    hint: str = field(default="", repr=False)
+    _problem_logged: bool = field(default=False, repr=False)
+    _last_line: float = field(default=-ANNOUNCE_INTERVAL_S, repr=False)
+    _suppressed: int = field(default=0, repr=False)
 
     def ok(self, state: str | None = None) -> None:
         self.last_ok_ms = _ms()
         if state:
             self.state = state
+        if self._problem_logged:
+            self._problem_logged = False
+            log.info("%s %s: recovered (%s)", self.type, self.name, self.state)
 
-    def error(self, message: str, state: str | None = None) -> None:
+    def error(self, message: str, state: str | None = None, announce: bool = True) -> None:
+        """A problem: kept as the last error (with its time) and, for a status that
+        announces, logged as described above. `announce=False` for one bad input among
+        good ones (a malformed message), which the part counts and logs itself."""
         self.last_error = message
         self.last_error_ms = _ms()
         if state:
             self.state = state
+        if announce and self.announce and not self._problem_logged:
+            self._announce(message)
+
+    def _announce(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_line < ANNOUNCE_INTERVAL_S:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more problems in the last minute)" if self._suppressed else ""
+        hint = f"; {self.hint}" if self.hint and self.hint not in message else ""
+        log.warning("%s %s: %s%s%s", self.type, self.name, message, hint, more)
+        self._problem_logged, self._last_line, self._suppressed = True, now, 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in HEALTHY_STATES
 
     def failed(self, message: str) -> None:
         """Its task died: shown until the restart succeeds; never `running` while down."""
@@ -50,7 +90,10 @@ class PartStatus:
         self.counters[name] = self.counters.get(name, 0) + by
 
     def snapshot(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in _PRIVATE}
+
+
+_PRIVATE = frozenset({"announce", "hint", "_problem_logged", "_last_line", "_suppressed"})
 
 
 @dataclass
