@@ -185,7 +185,7 @@ def test_a_hundred_tags_on_one_device_are_one_request_per_scan(
         svc = gw.status()["services"][0]
         assert svc["details"]["requests_per_scan"] == 1
         device_requests = svc["details"]["devices"][0]["requests"]
-        scans = svc["counters"]["readings"]
+        scans = svc["counters"]["received"]
         assert device_requests <= scans + 1  # one request per scan, not one per tag
         assert server.requests() >= scans  # the server saw them: the status does not lie
     finally:

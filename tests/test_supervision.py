@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from datonis_edge import pipeline as gateway_module
+from datonis_edge import supervision
 from datonis_edge.forwarder import Backoff
-from datonis_edge.pipeline import Gateway
+from datonis_edge.pipeline import Pipeline
 from datonis_edge.root_config import parse_config
 from datonis_edge.status import Alerts, PartStatus
 from helpers import base_config, free_port, wait_until
@@ -33,9 +33,9 @@ async def _until(predicate: Any, timeout: float = 10, what: str = "condition") -
 async def test_a_failing_part_shows_failed_is_restarted_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway_module, "RUNNING_AGAIN_AFTER_S", 0.3)
+    monkeypatch.setattr(supervision, "RUNNING_AGAIN_AFTER_S", 0.3)
     alerts = Alerts()
-    gw = Gateway(tmp_path, parse_config(base_config(None)), 1, alerts)
+    gw = Pipeline(tmp_path, parse_config(base_config(None)), 1, alerts)
     runs = 0
     states_while_down: list[str] = []
 
@@ -47,10 +47,9 @@ async def test_a_failing_part_shows_failed_is_restarted_and_logged_once(
         await asyncio.sleep(3600)
 
     status = PartStatus(name="flaky", type="task")
-    gw._part("flaky", status, flaky)
-    gw._parts["flaky"].backoff = Backoff(0.1, 0.2)
+    gw.parts.add("flaky", flaky, status).backoff = Backoff(0.1, 0.2)
     caplog.set_level(logging.INFO, logger="datonis_edge")
-    gw._spawn(flaky(), "flaky")
+    gw.parts.start("flaky")
     try:
         await _until(lambda: status.state == "failed", what="failed shown")
         assert status.last_error is not None and "OSError: disk gone (1)" in status.last_error
@@ -65,7 +64,7 @@ async def test_a_failing_part_shows_failed_is_restarted_and_logged_once(
         assert [t["name"] for t in gw.snapshot()["tasks"]] == ["flaky"]
     finally:
         gw.abort()
-        await asyncio.gather(*gw._tasks, return_exceptions=True)
+        await gw.parts.cancel()
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if "flaky" in r.getMessage()]
     assert lines == [
         (logging.ERROR, "flaky failed: OSError: disk gone (1); restarting in " + lines[0][1][-5:]),

@@ -27,8 +27,8 @@ from typing import Any
 from . import __version__
 from .ha.lock import DataDirLock
 from .ha.state import HaFiles
-from .pipeline import Gateway
-from .root_config import Config
+from .pipeline import Pipeline
+from .root_config import Config, ConfigError, load_config
 from .status import Alerts
 from .store.declined import DeclinedStore
 from .store.diskspace import Reserve, is_disk_full, mount_point
@@ -51,6 +51,14 @@ def heartbeat_survives(exc: OSError) -> bool:
     return is_disk_full(exc)
 
 
+def _file_version(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 class Supervisor:
     def __init__(
         self,
@@ -65,6 +73,8 @@ class Supervisor:
     ) -> None:
         self.datadir = datadir
         self.config = config
+        # the config file as this instance loaded it: a standby reloads it at takeover if changed
+        self._config_version = _file_version(datadir / "config" / "edge.yaml")
         self.http_port = http_port
         self.instance_id = instance_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.poll_s = poll_s
@@ -77,7 +87,7 @@ class Supervisor:
         self.role = "starting"
         self.epoch = 0
         self.since_ms = int(time.time() * 1000)
-        self.gateway: Gateway | None = None
+        self.gateway: Pipeline | None = None
         self._stop = asyncio.Event()
         self._heartbeats = 0
         self.heartbeat_error: str | None = None  # the heartbeat cannot be written (disk full)
@@ -170,7 +180,8 @@ class Supervisor:
         self.since_ms = int(time.time() * 1000)
         await asyncio.to_thread(self.ha.remove_standby, self.instance_id)
         await asyncio.to_thread(self._try_write_master, True)
-        self.gateway = Gateway(self.datadir, self.config, self.epoch, self.alerts)
+        self.config = await asyncio.to_thread(self._config_at_takeover)
+        self.gateway = Pipeline(self.datadir, self.config, self.epoch, self.alerts)
         try:
             await self.gateway.start(self._previous_counters)
         except (OSError, sqlite3.Error, RuntimeError) as exc:
@@ -203,6 +214,26 @@ class Supervisor:
             if self.exit_code == EXIT_OK:
                 await self.gateway.stop()
             self.role = "stopped"
+
+    def _config_at_takeover(self) -> Config:
+        """The data directory's configuration as it is now: a standby may have waited through
+        a change of config/edge.yaml. One that no longer loads keeps the one we started with."""
+        path = self.datadir / "config" / "edge.yaml"
+        if _file_version(path) in (None, self._config_version):  # unchanged: no reload
+            return self.config
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            message = (
+                f"{path} does not load ({'; '.join(exc.problems)}); running the configuration "
+                "this instance started with; fix the file"
+            )
+            log.error("%s", message)
+            self.alerts.raise_("error", message)
+            return self.config
+        if config != self.config:
+            log.info("taking over with %s as it is now (it changed since this instance started)", path)
+        return config
 
     def _bump_epoch(self) -> int:
         """Bump ha/epoch; on a full disk, with the room the outbox's reserve gives back."""
@@ -238,6 +269,7 @@ class Supervisor:
             "since_ms": self.since_ms,
             "heartbeat": self._heartbeats,
             "heartbeat_ms": int(time.time() * 1000),
+            "heartbeat_interval_ms": int(self.heartbeat_s * 1000),
         }
         if self.gateway is not None and self.gateway.loop is not None:
             # for `datonis-edge status` on any host: the outbox itself is locked by the master
@@ -348,6 +380,9 @@ class Supervisor:
                 "failures": self.heartbeat_failures,
             }
             snap["degraded"] = self.degraded()
+            reasons = snap["degraded"] + self.gateway.health()
+            snap["health"] = "degraded" if reasons else "ok"
+            snap["reasons"] = reasons
         else:
             master = self.ha.read_master()
             snap["master"] = (

@@ -40,9 +40,13 @@ class Rejected(Exception):
 
 class ReadingSink(Protocol):
     """Stores readings; returns once they are durable, raises Rejected if they were not.
-    `raw`, when given, is the readings already as a JSON array (a listener's own bytes)."""
+    `raw`, when given, is the readings already as a JSON array (a listener's checked bytes);
+    `checked` says the adapter put them through readings.py itself (listeners do, to answer
+    their producer); otherwise the sink checks each one and refuses what breaks the limits."""
 
-    def __call__(self, readings: list[Reading], raw: bytes | None = None) -> Awaitable[int]: ...
+    def __call__(
+        self, readings: list[Reading], raw: bytes | None = None, checked: bool = False
+    ) -> Awaitable[int]: ...
 
 
 async def ticks(interval_s: float) -> AsyncIterator[None]:
@@ -60,12 +64,16 @@ async def ticks(interval_s: float) -> AsyncIterator[None]:
 
 class Adapter(ABC):
     type: ClassVar[str]
+    # what an operator should check when this adapter reports trouble (logged with it)
+    hint: ClassVar[str] = ""
 
     def __init__(self, config: Any, sink: ReadingSink, workdir: Path | None = None) -> None:
         self.config = config
         self.sink = sink
         self.workdir = workdir  # the data directory, for what an adapter keeps (certificates)
-        self.status = PartStatus(name=config.name, type=config.type)
+        self.status = PartStatus(
+            name=config.name, type=config.type, announce=True, hint=self.hint
+        )
 
     @abstractmethod
     async def run(self) -> None:

@@ -99,6 +99,7 @@ class OutboxStats:
     disk_full: bool
     disk_free_bytes: int  # free on the data directory's filesystem
     damaged: dict[str, Any] | None  # the salvage at open, if the outbox was damaged
+    oldest_ms: int | None  # when the oldest pending event was stored (None: nothing pending)
 
 
 @dataclass
@@ -137,6 +138,7 @@ class Outbox:
         self._pending = 0
         self._bytes = 0
         self._segments = 0
+        self._oldest_ms: int | None = None
         self._count = Counters()
         self._recovered = dict(self._count.live)  # as found at open
         self._owed: list[tuple[Cursor, str]] = []  # acks a full disk kept from committing
@@ -168,6 +170,7 @@ class Outbox:
         conn, self.salvage = opened.conn, opened.salvage
         self._segments, self._pending, self._bytes = opened.depth
         self._count.load(conn)
+        self._note_oldest(conn)
         log.info(
             "outbox recovered: %d events pending in %d segments (%d bytes)",
             self._pending,
@@ -238,10 +241,11 @@ class Outbox:
             self._segments,
             self._count.snapshot(),
             list(self._owed),
+            self._oldest_ms,
         )
 
     def restore(self, snap: Any) -> None:
-        self._pending, self._bytes, self._segments, counts, owed = snap
+        self._pending, self._bytes, self._segments, counts, owed, self._oldest_ms = snap
         self._count.restore(counts)
         self._owed = list(owed)
 
@@ -364,10 +368,13 @@ class Outbox:
         else:  # JSON arrays joined without parsing: "[a,b]" + "[c]" -> "[a,b,c]"
             payload = b"[" + b",".join(op.append[0][1:-1] for op in kept) + b"]"  # type: ignore[index]
             n = sum(op.append[1] for op in kept)  # type: ignore[index]
+        now_ms = int(time.time() * 1000)
         cur = conn.execute(
             "INSERT INTO segments(n, nbytes, created_ms, payload) VALUES (?, ?, ?, ?)",
-            (n, len(payload), int(time.time() * 1000), payload),
+            (n, len(payload), now_ms, payload),
         )
+        if self._oldest_ms is None:
+            self._oldest_ms = now_ms
         seg_id = int(cur.lastrowid or 0)
         for op in kept:
             op.result = seg_id
@@ -425,6 +432,7 @@ class Outbox:
             self._count.bump("evicted", evicted)
             if evicted and self.on_evict is not None:
                 self.on_evict(evicted)
+            self._note_oldest(conn)
             live = live_bytes(conn)
         return None, live
 
@@ -520,11 +528,17 @@ class Outbox:
                 conn.execute("UPDATE segments SET acked = ? WHERE id = ?", (idx, seg))
                 removed += idx - row[1]
             self._pending -= removed
+            if gone:
+                self._note_oldest(conn)
             # count what left the outbox now (an earlier ack that a full disk held back is
             # counted here); evicted-while-in-flight cannot happen (hold())
             self._count.bump(outcome, removed)
 
         return do
+
+    def _note_oldest(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT created_ms FROM segments ORDER BY id LIMIT 1").fetchone()
+        self._oldest_ms = int(row[0]) if row else None
 
     async def head(self) -> Cursor:
         def do(conn: sqlite3.Connection) -> Cursor:
@@ -558,6 +572,7 @@ class Outbox:
             disk_full=room.full,
             disk_free_bytes=room.free,
             damaged=self.salvage.summary() if self.salvage is not None else None,
+            oldest_ms=self._oldest_ms if self._pending else None,
         )
 
 

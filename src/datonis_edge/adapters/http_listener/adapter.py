@@ -95,6 +95,7 @@ def _repeats_events_key(body: bytes) -> bool:
 
 class HttpListenerAdapter(Adapter):
     type = "http_listener"
+    hint = "producers get 503 and send again meanwhile"
 
     def __init__(
         self, config: HttpListenerService, sink: ReadingSink, workdir: Path | None = None
@@ -162,16 +163,23 @@ class HttpListenerAdapter(Adapter):
             events, raw = parse_events(body, int(time.time() * 1000))
         except BadRequest as exc:
             self.status.count("bad_requests")
-            self.status.error(f"{exc.status}: {exc.reason}")
+            self.status.error(f"{exc.status}: {exc.reason}", announce=False)
+            self._once.log(
+                "bad request",
+                "services '%s': refused a request with %d: %s (the producer must fix it; "
+                "counted in bad_requests)",
+                self.config.name,
+                exc.status,
+                exc.reason,
+            )
             return exc.status, _err(exc.reason), []
         try:
-            await self.sink(events, raw=raw)
+            await self.sink(events, raw=raw, checked=True)
         except Rejected as exc:
-            self.status.count("rejected", len(events))
             self.status.error(exc.reason)
             return 503, _err(exc.reason), [(b"retry-after", b"5")]
+        self.status.ok()
         self.status.count("requests")
-        self.status.count("events", len(events))
         return 200, b'{"status":"ok","accepted":%d}' % len(events), []
 
     async def _read_body(self, receive: Any) -> bytes:

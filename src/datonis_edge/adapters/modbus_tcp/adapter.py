@@ -118,6 +118,7 @@ class _Device:
 
 class ModbusTcpAdapter(Adapter):
     type = "modbus_tcp"
+    hint = "check that each device is powered and reachable at its host, port and unit_id; it is retried with backoff"
 
     def __init__(
         self, config: ModbusTcpService, sink: ReadingSink, workdir: Path | None = None
@@ -177,9 +178,7 @@ class ModbusTcpAdapter(Adapter):
                 if readings:
                     try:
                         await self.sink(readings)
-                        self.status.count("readings", len(readings))
                     except Rejected as exc:
-                        self.status.count("rejected", len(readings))
                         self.status.error(exc.reason)
         finally:
             for d in self.devices:

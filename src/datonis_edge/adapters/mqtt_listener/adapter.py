@@ -141,6 +141,7 @@ def malformed_record(topic: str, payload: bytes, reason: str, at_ms: int) -> dic
 
 class MqttListenerAdapter(Adapter):
     type = "mqtt_listener"
+    hint = "check that the broker runs at host:port and accepts our client id and credentials; reconnecting"
 
     def __init__(
         self, config: MqttListenerService, sink: ReadingSink, workdir: Path | None = None
@@ -268,7 +269,7 @@ class MqttListenerAdapter(Adapter):
     async def _sink_retrying(self, readings: list[dict[str, Any]]) -> None:
         while True:
             try:
-                await self.sink(readings)
+                await self.sink(readings, checked=True)
             except Rejected as exc:
                 # not stored: keep them unacknowledged and try again; the broker holds them
                 self.status.error(exc.reason)
@@ -291,7 +292,7 @@ class MqttListenerAdapter(Adapter):
         """Count, report and keep the malformed messages (before they are acknowledged)."""
         self.status.count("malformed", len(bad))
         topic, reason = bad[-1][0].topic, bad[-1][1]
-        self.status.error(f"topic {topic}: {reason}")
+        self.status.error(f"topic {topic}: {reason}", announce=False)  # logged just below
         self._once.log(
             "malformed",
             "services '%s': malformed message on topic %s acknowledged, not stored: %s%s",

@@ -76,6 +76,7 @@ class _Changes:
 
 class OpcUaAdapter(Adapter):
     type = "opcua"
+    hint = "check the server at the endpoint, its security settings and that it trusts our certificate; reconnecting with backoff"
 
     def __init__(
         self, config: OpcUaService, sink: ReadingSink, workdir: Path | None = None
@@ -219,8 +220,6 @@ class OpcUaAdapter(Adapter):
             return
         try:
             await self.sink(readings)
-            self.status.count("readings", len(readings))
             self.status.ok("connected")
         except Rejected as exc:
-            self.status.count("rejected", len(readings))
             self.status.error(exc.reason)

@@ -36,8 +36,6 @@ class SimulatorAdapter(Adapter):
             readings = self.scan(time.time())
             try:
                 await self.sink(readings)
-                self.status.count("readings", len(readings))
                 self.status.ok("running")
             except Rejected as exc:
-                self.status.count("rejected", len(readings))
                 self.status.error(exc.reason, "running")
