@@ -38,6 +38,7 @@ from collections import deque
 
 from .config.models import CloudBase
 from .logs import OnceLogger
+from .metrics import UPLINK_REQUEST_SECONDS, UPLINK_RETRIES
 from .model import Batch, Outcome, OutcomeKind
 from .status import Alerts, PartStatus
 from .store.declined import DeclinedStore
@@ -218,6 +219,9 @@ class Forwarder:
             self._last_send = time.monotonic()
             try:
                 outcome = await self.uplink.send(batch)
+                UPLINK_REQUEST_SECONDS.labels(self.uplink.status.name).observe(
+                    time.monotonic() - self._last_send
+                )
             except Exception as exc:  # an uplink must not raise: a bug, or data it chokes on
                 raised += 1
                 outcome = self._uplink_raised(batch, exc, raised)
@@ -232,6 +236,7 @@ class Forwarder:
             delay = wait if wait is not None else self.retry_backoff.next()
             self.status.error(f"{outcome.reason}; retrying in {delay:.1f} s", "retrying")
             self.status.count("retries")
+            UPLINK_RETRIES.labels(self.uplink.status.name).inc()
             if await self._stopped_within(delay):
                 return None
 
@@ -316,6 +321,9 @@ class Forwarder:
             )
         self._ack_soon(batch, "declined", count)
         self.status.count("declined_batches")
+        by_status = self.status.details.setdefault("declined_by_status", {})
+        key = str(outcome.status) if outcome.status is not None else "local"
+        by_status[key] = by_status.get(key, 0) + count
         message = (
             f"batch {batch.batch_id} ({count} events) declined: {outcome.reason}; "
             f"kept as declined/{item.id}; {hint}"

@@ -52,6 +52,7 @@ class _Device:
             "last_error": None,
             "last_good_read_ms": None,
             "requests": 0,
+            "errors": 0,  # failed reads: the device did not answer, or answered an exception
             "tags": sum(len(g.tags) for g in groups),
         }
 
@@ -100,10 +101,12 @@ class _Device:
         if values:
             self.state["last_good_read_ms"] = int(time.time() * 1000)
         self.state["last_error"] = "; ".join(errors) if errors else None
+        self.state["errors"] += len(errors)
         return values, errors
 
     def _failed(self, message: str) -> None:
         self.failures += 1
+        self.state["errors"] += 1
         delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
         self.retry_at = time.monotonic() + delay
         self.state.update(connected=False, last_error=f"{message}; retrying in {delay:.1f} s")
