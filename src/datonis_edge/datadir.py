@@ -210,7 +210,7 @@ def _store_config(
     datadir: Path, source: Path, target: Path, old: bytes | None, text: bytes
 ) -> None:
     from .ha.liveness import master_view
-    from .store.declined import write_durably
+    from .store.durable import write_durably
 
     backup = target.with_suffix(".yaml.bak")
     if old is not None:

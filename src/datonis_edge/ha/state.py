@@ -9,31 +9,7 @@ from typing import Any
 
 import orjson
 
-
-def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
-    """Temp file, (fsync), rename, (fsync the directory): readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:  # a short write is possible on a nearly full disk
-                view = view[os.write(fd, view) :]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a full disk leaves no half-written temp file
-            tmp.unlink()
-        raise
-    if durable:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+from ..store.durable import write_durably
 
 
 class HaFiles:
@@ -55,11 +31,13 @@ class HaFiles:
     def bump_epoch(self) -> int:
         """Only the lock holder calls this: read, add one, write durably."""
         epoch = self.read_epoch() + 1
-        write_atomic(self.epoch_path, f"{epoch}\n".encode())
+        write_durably(self.epoch_path, f"{epoch}\n".encode(), mode=0o644)
         return epoch
 
     def write_master(self, info: dict[str, Any], durable: bool = False) -> None:
-        write_atomic(self.master_path, orjson.dumps(info, option=orjson.OPT_INDENT_2), durable)
+        write_durably(
+            self.master_path, orjson.dumps(info, option=orjson.OPT_INDENT_2), durable, mode=0o644
+        )
 
     def read_master(self) -> dict[str, Any] | None:
         try:
@@ -69,7 +47,9 @@ class HaFiles:
 
     def write_standby(self, instance_id: str, info: dict[str, Any]) -> None:
         self.standby_dir.mkdir(exist_ok=True)
-        write_atomic(self.standby_dir / f"{instance_id}.json", orjson.dumps(info), durable=False)
+        write_durably(
+            self.standby_dir / f"{instance_id}.json", orjson.dumps(info), durable=False, mode=0o644
+        )
 
     def remove_standby(self, instance_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
