@@ -131,7 +131,7 @@ class HttpListenerAdapter(Adapter):
         assert self._sock is not None
         self.status.state = "listening"
         self._bound.set()
-        await serve_app(self.app, self._sock)
+        await serve_app(self.app, self._sock, self.config.limits, f"services '{self.config.name}'")
 
     # ------------------------------------------------------------------ ASGI
 
@@ -149,9 +149,13 @@ class HttpListenerAdapter(Adapter):
         try:
             status, body, extra = await self._handle(scope, receive)
         except Exception as exc:  # a bug: the client gets one line, the log the traceback
-            self._bug_log.log(
-                logging.ERROR,
-                f"services '{self.config.name}': {scope['path']} failed",
+            self._once.log(
+                "internal error",
+                "services '%s': %s failed: %s",
+                self.config.name,
+                scope["path"],
+                exc,
+                level=logging.ERROR,
                 exc_info=exc,
             )
             self.status.count("internal_errors")
