@@ -213,9 +213,9 @@ class Sender:
                 target[plan.field] = plan.value
             body = json.dumps(ev).encode("utf-8", "surrogatepass")
         else:
-            seqs = [f"b{led.next_seq()}" for _ in range(2)]
+            tags = [f"b{led.next_seq()}" for _ in range(2)]
             body = damage(
-                plan.how, plan.at, json.dumps({"events": [event(s) for s in seqs]}).encode()
+                plan.how, plan.at, json.dumps({"events": [event(t) for t in tags]}).encode()
             )
         if plan.transport == "http":
             self.http(body)

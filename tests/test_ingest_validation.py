@@ -552,3 +552,109 @@ def test_the_malformed_file_rotates_keeping_one_old_file(
         "line.jsonl",
         "line.jsonl.1",
     ]
+
+
+# ---------------------------------------------------------------------- a bug is contained
+
+
+async def _asgi_post(app: Any, body: bytes) -> tuple[int, dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0)
+
+    async def send(msg: dict[str, Any]) -> None:
+        sent.append(msg)
+
+    scope = {"type": "http", "path": "/api/v3/things/event.json", "method": "POST", "headers": []}
+    await app(scope, receive, send)
+    return sent[0]["status"], orjson.loads(sent[1]["body"])
+
+
+async def test_a_failing_sink_is_a_one_line_500_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from datonis_edge.adapters.base import Rejected
+    from datonis_edge.config import HttpListenerService
+
+    async def broken_sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
+        raise RuntimeError("boom")
+
+    adapter = http_listener.HttpListenerAdapter(
+        HttpListenerService(type="http_listener", name="push"), broken_sink
+    )
+    body = orjson.dumps(ev())
+    for _ in range(3):
+        status, answer = await _asgi_post(adapter.app, body)
+        assert status == 500
+        assert answer["reason"] == "internal error (RuntimeError); see the gateway log"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "boom" in errors[0].getMessage()
+    assert adapter.status.counters["internal_errors"] == 3
+
+    async def full_sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
+        raise Rejected("the outbox is full")
+
+    adapter.sink = full_sink
+    status, answer = await _asgi_post(adapter.app, body)
+    assert status == 503 and answer["reason"] == "the outbox is full"
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acked.append(mid)
+
+
+def _message(mid: int, payload: bytes, topic: bytes = b"plant/oven/data") -> Any:
+    import paho.mqtt.client as mqtt
+
+    msg = mqtt.MQTTMessage(mid=mid, topic=topic)
+    msg.payload, msg.qos = payload, 1
+    return msg
+
+
+async def test_a_message_whose_storing_fails_is_set_aside_and_the_rest_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datonis_edge.config import MqttListenerService
+
+    stored: list[dict[str, Any]] = []
+
+    async def picky_sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
+        if any(r["data"].get("poison") for r in readings):
+            raise TypeError("cannot store this one")
+        stored.extend(readings)
+        return len(readings)
+
+    config = MqttListenerService(
+        type="mqtt_listener", name="line/1", topics=["plant/+/data"], thing_key_topic_level=1
+    )
+    adapter = mqtt_listener.MqttListenerAdapter(config, picky_sink, workdir=tmp_path)
+    client = _Client()
+    batch = [
+        _message(1, b'{"v": 1}'),
+        _message(2, b'{"poison": true}'),
+        _message(3, b'{"timestamp": 1e30, "v": 3}'),
+        _message(4, b'{"v": 4}'),
+    ]
+    await adapter._store(client, batch)  # type: ignore[arg-type]
+    assert client.acked == [1, 2, 3, 4]  # every one: the broker sends none of them again
+    assert [r["data"]["v"] for r in stored] == [1, 4]
+    assert adapter.status.counters == {"messages": 2, "malformed": 2}
+    lines = (tmp_path / "malformed" / "line_1.jsonl").read_text().splitlines()
+    reasons = [json.loads(line)["reason"] for line in lines]
+    assert reasons == [
+        "TypeError: cannot store this one",
+        "payload.timestamp: 1e+30 is out of range; epoch milliseconds from 0 (1970) to before "
+        "253402300800000 (year 10000) are accepted",
+    ]  # in the order they came
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "line/1" in warnings[0]  # one line a minute, not one each
+    # the same batch again: counted, kept, but no new warning line within the minute
+    await adapter._store(client, [_message(5, b"not json")])
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    assert adapter.status.counters["malformed"] == 3

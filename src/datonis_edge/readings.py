@@ -131,9 +131,9 @@ def _plain_shape(items: list[Any]) -> str | None:
     type, size, min and max (each distinct thing_key and name once). None means "look closer",
     not "invalid"; so does a TypeError, which is how a non-dict item or data shows here."""
     try:
-        keys = list(map(dict.get, items, repeat("thing_key")))
-        stamps = list(map(dict.get, items, repeat("timestamp")))
-        datas = list(map(dict.get, items, repeat("data")))
+        keys: list[Any] = list(map(dict.get, items, repeat("thing_key")))
+        stamps: list[Any] = list(map(dict.get, items, repeat("timestamp")))
+        datas: list[Any] = list(map(dict.get, items, repeat("data")))
         # with thing_key and data present, 3 fields are those and a timestamp (unless it is
         # null: then the third could be anything), 2 are those alone
         sizes = set(map(len, items))
@@ -384,7 +384,7 @@ def _check_waypoint(waypoint: Any) -> list[float]:
 def _reason(where: str, fault: _Fault) -> str:
     path = where
     for seg in reversed(fault.path):
-        if type(seg) is int:
+        if isinstance(seg, int):
             path += f"[{seg}]"
         elif seg.isidentifier():
             path += f".{seg}"

@@ -133,9 +133,13 @@ class HttpListenerAdapter(Adapter):
         try:
             status, body, extra = await self._handle(scope, receive)
         except Exception as exc:  # a bug: the client gets one line, the log the traceback
-            self._bug_log.log(
-                logging.ERROR,
-                f"services '{self.config.name}': {scope['path']} failed",
+            self._once.log(
+                "internal error",
+                "services '%s': %s failed: %s",
+                self.config.name,
+                scope["path"],
+                exc,
+                level=logging.ERROR,
                 exc_info=exc,
             )
             self.status.count("internal_errors")

@@ -45,7 +45,7 @@ MALFORMED_MAX_PAYLOAD = 1 << 20
 
 
 def parse_payload(
-    topic: str, payload: bytes, topic_level: int | None, now_ms: int
+    topic: str, payload: bytes | bytearray, topic_level: int | None, now_ms: int
 ) -> dict[str, Any]:
     """The reading in one message, checked by `readings.check_reading`; raises InvalidReading."""
     try:
@@ -58,6 +58,7 @@ def parse_payload(
         raise InvalidReading(f"payload is not JSON ({exc})") from None
     if type(obj) is not dict:
         raise InvalidReading("payload must be a JSON object: an event, or tag: value pairs")
+    thing_key: Any
     if topic_level is not None:
         levels = topic.split("/")
         if topic_level >= len(levels) or not levels[topic_level]:
@@ -122,7 +123,9 @@ _LINE_BREAKS = (
 )
 
 
-def malformed_record(topic: str, payload: bytes, reason: str, at_ms: int) -> dict[str, Any]:
+def malformed_record(
+    topic: str, payload: bytes | bytearray, reason: str, at_ms: int
+) -> dict[str, Any]:
     record: dict[str, Any] = {
         "time": dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).isoformat(timespec="milliseconds"),
         "topic": topic,
@@ -188,7 +191,7 @@ class MqttListenerAdapter(Adapter):
             self._call(self.status.error, f"broker refused the connection: {rc}", "disconnected")
             return
         self._call(self.status.ok, "connected")
-        client.subscribe([(t, self.config.qos) for t in self.config.topics])
+        client.subscribe([(t, int(self.config.qos)) for t in self.config.topics])
 
     def _on_subscribe(self, *_args: Any) -> None:
         self._call(self._subscribed.set)
@@ -242,6 +245,7 @@ class MqttListenerAdapter(Adapter):
         if good:
             bad += await self._sink_all(good)
         if bad:
+            bad.sort(key=lambda item: batch.index(item[0]))  # in arrival order (bad is rare)
             await self._set_aside(bad, now)
         for msg in batch:  # stored or set aside: acknowledge
             if msg.qos > 0:
@@ -281,9 +285,12 @@ class MqttListenerAdapter(Adapter):
 
     def _unexpected(self, exc: Exception) -> str:
         reason = f"{exc.__class__.__name__}: {exc}"
-        self._log.log(
-            logging.ERROR,
-            f"services '{self.config.name}': a message failed: {reason}",
+        self._once.log(
+            "unexpected",
+            "services '%s': handling a message failed (%s); it is set aside as malformed",
+            self.config.name,
+            reason,
+            level=logging.ERROR,
             exc_info=exc,
         )
         return reason
