@@ -82,8 +82,10 @@ class PartStatus:
         return self.state in HEALTHY_STATES
 
     def failed(self, message: str) -> None:
-        """Its task died: shown until the restart succeeds; never `running` while down."""
-        self.error(message, "failed")
+        """Its task died: shown until the restart succeeds; never `running` while down.
+        Not announced: the supervision logs the failure and the recovery itself (one ERROR,
+        one INFO), and the part's hint speaks of its running trouble, not of its death."""
+        self.error(message, "failed", announce=False)
         self.count("failures")
 
     def count(self, name: str, by: int = 1) -> None:

@@ -1,0 +1,272 @@
+"""Operators hear about trouble (DESIGN.md, "Operating it"): every change to act on is one log
+line naming the cause and the fix, its recovery one INFO line; the status says `health:
+degraded` with the reason; /metrics and /readyz say the same. Each test runs a real gateway
+process and reads its log file and its HTTP API."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import (
+    Gateway,
+    ModbusServer,
+    PlatformSim,
+    base_config,
+    free_port,
+    simulator_service,
+    wait_until,
+)
+
+# logs.TEXT_FORMAT: "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) (?P<logger>\S+): (?P<msg>.*)$"
+)
+
+
+def log_lines(gw: Gateway, level: str | None = None, containing: str = "") -> list[str]:
+    """The messages of the gateway's log records (of one level), that contain a text."""
+    assert gw.proc is not None
+    out = []
+    for line in gw.proc.log().splitlines():
+        m = LINE.match(line)
+        if m and (level is None or m["level"] == level) and containing in m["msg"]:
+            out.append(m["msg"])
+    return out
+
+
+def problems(gw: Gateway) -> list[str]:
+    """Every WARNING and ERROR line, but the one about running the tests as root."""
+    lines = log_lines(gw, "WARNING") + log_lines(gw, "ERROR") + log_lines(gw, "CRITICAL")
+    return [line for line in lines if not line.startswith("running as root")]
+
+
+def metrics(gw: Gateway) -> dict[str, Any]:
+    """The gateway's /metrics by family name (counters without their `_total`)."""
+    r = gw.http.get("/metrics")
+    assert r.status_code == 200, r.text
+    return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+
+def sample(gw: Gateway, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` (full sample name) whose labels include `labels`."""
+    for family in metrics(gw).values():
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+def listener(platform: PlatformSim | None, port: int | None = None, **cloud: Any):
+    config = base_config(platform, **cloud)
+    port = port or free_port()
+    config["services"] = [
+        {"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}
+    ]
+    return config, f"http://127.0.0.1:{port}/api/v3/things/event.json"
+
+
+def post(url: str, start: int, count: int, thing: str = "m1") -> httpx.Response:
+    events = [
+        {"thing_key": thing, "timestamp": 1_700_000_000_000 + i, "data": {"seq": i}}
+        for i in range(start, start + count)
+    ]
+    return httpx.post(url, json={"events": events}, timeout=10)
+
+
+def seqs(platform: PlatformSim) -> list[int]:
+    return sorted(e["data"]["seq"] for e in platform.events())
+
+
+# ---------------------------------------------------------------------- 401: keys refused
+
+
+def test_a_401_is_one_error_line_naming_the_fix_degraded_health_and_counted(
+    platform, gateway_factory
+) -> None:
+    config, url = listener(platform, bulk_max_elements=5, bulk_transmit_interval_ms=0)
+    gw = gateway_factory(config).start()
+    assert post(url, 0, 5).status_code == 200
+    wait_until(lambda: seqs(platform) == list(range(5)), what="first batch delivered")
+    assert gw.status()["health"] == "ok"
+    uplink = gw.status()["uplinks"][0]["name"]
+
+    platform.set_keys("rotated-ak", "rotated-sk")  # the platform no longer knows our key
+    for start in (5, 10, 15):  # three batches, each declined within the minute
+        assert post(url, start, 5).status_code == 200
+    st = wait_until(
+        lambda: (s := gw.status())["counters"].get("declined") == 15 and s,
+        what="three batches declined",
+    )
+    assert st["declined_batches"] == 3
+    assert st["health"] == "degraded"
+    assert any("401" in r and "access_key" in r for r in st["reasons"]), st["reasons"]
+    declined = sample(gw, "datonis_edge_events_declined_total", uplink=uplink, status="401")
+    assert declined == 15
+
+    errors = log_lines(gw, "ERROR")
+    assert len(errors) == 1, errors
+    assert "declined" in errors[0] and "401" in errors[0]
+    assert "access_key" in errors[0] and "secret_key" in errors[0]
+    assert problems(gw) == errors  # nothing else, no WARNING per batch either
+
+    platform.set_keys(platform.access_key, platform.secret_key)  # keys fixed
+    assert post(url, 20, 5).status_code == 200
+    wait_until(lambda: 24 in seqs(platform), timeout=30, what="delivery after the fix")
+    wait_until(lambda: gw.status()["health"] == "ok", what="health ok again")
+    assert len(log_lines(gw, "INFO", "accepts the keys again")) == 1
+
+
+# ---------------------------------------------------------------------- platform unreachable
+
+
+def test_an_unreachable_platform_is_one_warning_degraded_but_ready_and_recovers(
+    platform, gateway_factory, tmp_path: Path
+) -> None:
+    config = base_config(platform, retry_max_backoff_ms=300)
+    config["services"] = [simulator_service()]
+    gw = gateway_factory(config).start()
+    wait_until(lambda: platform.events(), what="readings delivered")
+    uplink = gw.status()["uplinks"][0]["name"]
+    assert sample(gw, "datonis_edge_uplink_up", uplink=uplink) == 1
+
+    platform.stop()
+    st = wait_until(
+        lambda: (s := gw.status())["health"] == "degraded" and s, what="health degraded"
+    )
+    assert any(uplink in r for r in st["reasons"]), st["reasons"]
+    assert gw.http.get("/readyz").status_code == 200  # the master keeps accepting readings
+    retries = wait_until(
+        lambda: (n := sample(gw, "datonis_edge_uplink_retries_total", uplink=uplink)) and n,
+        what="retries counted",
+    )
+    wait_until(
+        lambda: sample(gw, "datonis_edge_uplink_retries_total", uplink=uplink) >= retries + 3,
+        what="retries growing",
+    )
+    assert sample(gw, "datonis_edge_uplink_up", uplink=uplink) == 0
+    age = sample(gw, "datonis_edge_outbox_oldest_age_seconds")
+    wait_until(
+        lambda: sample(gw, "datonis_edge_outbox_oldest_age_seconds") > age + 0.5,
+        what="the oldest pending reading ageing",
+    )
+    warnings = problems(gw)
+    assert len(warnings) == 1, warnings  # one line, not one per retry
+    assert log_lines(gw, "WARNING", f"uplink {uplink}") == warnings
+    assert "retrying" in warnings[0]
+
+    back = PlatformSim(tmp_path, port=platform.port).start()
+    try:
+        wait_until(lambda: back.events(), timeout=30, what="readings delivered again")
+        wait_until(lambda: gw.status()["health"] == "ok", what="health ok again")
+        assert sample(gw, "datonis_edge_uplink_up", uplink=uplink) == 1
+        assert len(log_lines(gw, "INFO", f"uplink {uplink} answers again")) == 1
+        assert len(problems(gw)) == 1
+    finally:
+        back.stop()
+
+
+# ---------------------------------------------------------------------- a PLC stops answering
+
+
+def test_a_plc_that_stops_answering_is_one_warning_naming_it_and_one_recovery(
+    platform, gateway_factory, tmp_path: Path
+) -> None:
+    plc = ModbusServer(tmp_path, {"units": {"1": {"hr": {"0": [42]}}}}, "plc").start()
+    try:
+        config = base_config(platform)
+        config["services"] = [
+            {
+                "name": "press-line",
+                "type": "modbus_tcp",
+                "scan_interval_ms": 50,
+                "retry_max_backoff_ms": 200,
+                "devices": [{"name": "plc-7", "port": plc.port, "timeout_ms": 100}],
+                "tags": [{"name": "t", "device": "plc-7", "register": "holding", "address": 0}],
+                "things": [{"thing_key": "press-1", "metrics": [{"name": "t", "tag": "t"}]}],
+            }
+        ]
+        gw = gateway_factory(config).start()
+        wait_until(lambda: platform.events(), what="readings delivered")
+        device = {"service": "press-line", "device": "plc-7"}
+        assert sample(gw, "datonis_edge_device_up", **device) == 1
+        assert sample(gw, "datonis_edge_tag_read_errors_total", **device) == 0
+
+        plc.proc.signal(signal.SIGSTOP)  # powered but silent: every read times out
+        wait_until(
+            lambda: sample(gw, "datonis_edge_device_up", **device) == 0, what="device shown down"
+        )
+        errors = wait_until(
+            lambda: (n := sample(gw, "datonis_edge_tag_read_errors_total", **device)) and n,
+            what="read errors counted",
+        )
+        wait_until(
+            lambda: sample(gw, "datonis_edge_tag_read_errors_total", **device) >= errors + 3,
+            what="read errors growing, scan after scan",
+        )
+        st = gw.status()
+        assert st["health"] == "degraded"
+        assert any("press-line" in r and "plc-7" in r for r in st["reasons"]), st["reasons"]
+        warnings = problems(gw)
+        assert len(warnings) == 1, warnings  # one line, not one per scan
+        assert "press-line" in warnings[0] and "plc-7" in warnings[0]
+        assert "check that each device is powered and reachable" in warnings[0]  # the hint
+
+        plc.proc.signal(signal.SIGCONT)
+        wait_until(lambda: sample(gw, "datonis_edge_device_up", **device) == 1, timeout=30)
+        recovered = wait_until(
+            lambda: log_lines(gw, "INFO", "press-line: recovered"), what="recovery logged"
+        )
+        assert len(recovered) == 1
+        wait_until(lambda: gw.status()["health"] == "ok", what="health ok again")
+        assert len(problems(gw)) == 1
+    finally:
+        plc.stop()
+
+
+# ---------------------------------------------------------------------- a listener's port taken
+
+
+def test_a_listener_whose_port_is_taken_is_one_error_naming_the_port_and_the_fix(
+    platform, gateway_factory
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        config, _ = listener(platform, port=port)
+        config["services"].append(simulator_service())
+        gw = gateway_factory(config).start()
+        st = wait_until(
+            lambda: (
+                (s := gw.status())["services"][0]["counters"].get("failures", 0) >= 2
+                and s["health"] == "degraded"
+                and s
+            ),
+            what="the listener failing, twice",
+        )
+        push = st["services"][0]
+        assert push["state"] in ("failed", "starting"), push  # between two restarts
+        assert f"port {port}" in push["last_error"]
+        assert any(f"port {port}" in r for r in st["reasons"]), st["reasons"]
+        # the rest of the pipeline runs: the simulator's readings reach the platform
+        assert gw.http.get("/readyz").status_code == 200
+        wait_until(lambda: platform.events(), what="the simulator's readings delivered")
+        lines = problems(gw)
+        assert len(lines) == 1, lines  # once, though it fails on every restart
+        assert f"port {port}" in lines[0] and "already in use" in lines[0]
+        assert "stop what uses it or choose another port" in lines[0]
+
+    # the port is free again: the listener binds at its next restart
+    wait_until(
+        lambda: gw.status()["services"][0]["state"] == "listening", timeout=40, what="listening"
+    )
+    wait_until(lambda: log_lines(gw, "INFO", "running again"), what="its recovery logged")
+    wait_until(lambda: gw.status()["health"] == "ok", what="health ok again")
+    assert len(problems(gw)) == 1
