@@ -128,6 +128,3 @@ class OnceLogger:
             return False
         self.logger.log(level, msg, *args, **kw)
         return True
-
-    def active(self, key: str) -> bool:
-        return key in self._active

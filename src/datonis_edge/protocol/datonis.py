@@ -14,9 +14,6 @@ EVENT_PATH = "/api/v3/things/event.json"
 HEARTBEAT_PATH = "/api/v3/things/heartbeat.json"
 ALERTS_PATH = "/api/v3/alerts.json"
 
-ACCESS_KEY_HEADER = "X-Access-Key"
-SIGNATURE_HEADER = "X-Dtn-Signature"
-
 
 def sign(secret: str | bytes, body: bytes) -> str:
     key = secret.encode() if isinstance(secret, str) else secret

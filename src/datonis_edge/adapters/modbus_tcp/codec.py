@@ -11,6 +11,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from .vocabulary import MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
+
 _FORMATS = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f",
             "int64": ">q", "uint64": ">Q", "float64": ">d"}  # fmt: skip
 
@@ -91,7 +93,10 @@ class ReadGroup:
 
 
 def plan_reads(
-    tags: list[TagSpec], max_gap: int, max_registers: int = 125, max_bits: int = 2000
+    tags: list[TagSpec],
+    max_gap: int,
+    max_registers: int = MAX_REGISTERS_PER_READ,
+    max_bits: int = MAX_BITS_PER_READ,
 ) -> list[ReadGroup]:
     """Merge tags that lie close together into as few requests as the protocol allows."""
     by_kind: dict[tuple[str, int, str], list[TagSpec]] = {}

@@ -34,6 +34,7 @@ REGISTERS_NEEDED = {
 ENDIANS = {"abcd": "ABCD", "badc": "BADC", "cdab": "CDAB", "dcba": "DCBA",
            "big": "ABCD", "big_endian": "ABCD", "little": "DCBA", "little_endian": "DCBA"}  # fmt: skip
 
+# the protocol's limits of one read request (Modbus Application Protocol v1.1b3, 6.1 - 6.4)
 MAX_REGISTERS_PER_READ = 125
 MAX_BITS_PER_READ = 2000
 
