@@ -122,6 +122,17 @@ class Housekeeping:
 
     # ------------------------------------------------------------------ outbox fill
 
+    def evicted(self, count: int) -> None:
+        """The cap made the outbox drop its oldest events: alerted each time, logged once a
+        minute at most."""
+        message = (
+            f"outbox cap of {self.outbox.max_bytes} bytes reached: {count} oldest events "
+            "evicted (policy drop_oldest); the platform is not taking readings fast enough: "
+            "check the uplink, or raise outbox.max_bytes"
+        )
+        self._once.log("evicting", "%s", message)
+        self.alerts.raise_("warning", message)
+
     async def watch_outbox(self, every_s: float = 1.0) -> None:
         while True:
             self.check_fill()

@@ -135,16 +135,7 @@ class Pipeline:
 
     def _on_evict(self, count: int) -> None:  # called on the outbox writer thread
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._evicted, count)
-
-    def _evicted(self, count: int) -> None:
-        message = (
-            f"outbox cap of {self.config.outbox.max_bytes} bytes reached: {count} oldest "
-            "events evicted (policy drop_oldest); the platform is not taking readings fast "
-            "enough: check the uplink, or raise outbox.max_bytes"
-        )
-        self.housekeeping._once.log("evicting", "%s", message)
-        self.alerts.raise_("warning", message)
+            self.loop.call_soon_threadsafe(self.housekeeping.evicted, count)
 
     # ------------------------------------------------------------------ life
 
