@@ -658,3 +658,23 @@ async def test_a_message_whose_storing_fails_is_set_aside_and_the_rest_stored(
     await adapter._store(client, [_message(5, b"not json")])
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
     assert adapter.status.counters["malformed"] == 3
+
+
+async def test_a_malformed_message_that_cannot_be_kept_is_still_acked_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datonis_edge.config import MqttListenerService
+
+    async def sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
+        return len(readings)
+
+    (tmp_path / "malformed").write_text("a file where the directory should be")
+    config = MqttListenerService(type="mqtt_listener", name="m", thing_key_topic_level=1)
+    adapter = mqtt_listener.MqttListenerAdapter(config, sink, workdir=tmp_path)
+    client = _Client()
+    await adapter._store(client, [_message(1, b"nope"), _message(2, b'{"v": 2}')])  # type: ignore[arg-type]
+    await adapter._store(client, [_message(3, b"nope")])  # type: ignore[arg-type]
+    assert client.acked == [1, 2, 3]
+    assert adapter.status.counters == {"messages": 1, "malformed": 2}
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "cannot keep malformed messages" in errors[0]

@@ -296,7 +296,23 @@ class MqttListenerAdapter(Adapter):
         return reason
 
     async def _set_aside(self, bad: list[tuple[mqtt.MQTTMessage, str]], now: int) -> None:
-        """Count, report and keep the malformed messages (before they are acknowledged)."""
+        """Keep, then count and report the malformed messages (before they are acknowledged)."""
+        kept = ""
+        if self._malformed is not None:
+            records = [malformed_record(m.topic, m.payload, r, now) for m, r in bad]
+            try:
+                await asyncio.to_thread(self._malformed.append, records)
+                kept = f"; kept in {self._malformed.path}"
+            except OSError as exc:
+                self._once.log(
+                    "cannot keep",
+                    "services '%s': cannot keep malformed messages in %s (%s); they are "
+                    "acknowledged and lost; free the disk or fix the directory's permissions",
+                    self.config.name,
+                    self._malformed.path,
+                    exc,
+                    level=logging.ERROR,
+                )
         self.status.count("malformed", len(bad))
         topic, reason = bad[-1][0].topic, bad[-1][1]
         self.status.error(f"topic {topic}: {reason}", announce=False)  # logged just below
@@ -306,22 +322,8 @@ class MqttListenerAdapter(Adapter):
             self.config.name,
             topic,
             reason,
-            f"; kept in {self._malformed.path}" if self._malformed else "",
+            kept,
         )
-        if self._malformed is None:
-            return
-        records = [malformed_record(m.topic, m.payload, r, now) for m, r in bad]
-        try:
-            await asyncio.to_thread(self._malformed.append, records)
-        except OSError as exc:
-            log.error(
-                "services '%s': cannot keep %d malformed message(s) in %s (%s); they are "
-                "acknowledged and lost",
-                self.config.name,
-                len(records),
-                self._malformed.path,
-                exc,
-            )
 
 
 def _file_name(service: str) -> str:
