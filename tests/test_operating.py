@@ -6,6 +6,7 @@ process and reads its log file and its HTTP API."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -278,3 +279,61 @@ def test_a_listener_whose_port_is_taken_is_one_error_naming_the_port_and_the_fix
     wait_until(lambda: log_lines(gw, "INFO", "running again"), what="its recovery logged")
     wait_until(lambda: gw.status()["health"] == "ok", what="health ok again")
     assert len(problems(gw)) == 1
+
+
+# ---------------------------------------------------------------------- /readyz
+
+
+def test_readyz_is_503_while_the_forwarder_is_down_and_200_once_it_runs_again(
+    platform, gateway_factory
+) -> None:
+    """declined/ turned into a file: a 422 cannot be kept, the forwarder fails on every try
+    (the injection of test_supervision.py)."""
+    config, url = listener(platform, bulk_max_elements=5)
+    gw = gateway_factory(config).start()
+    assert gw.http.get("/readyz").status_code == 200
+    declined = gw.datadir / "declined"
+    shutil.rmtree(declined)
+    declined.write_text("not a directory\n")
+    platform.fault(status=422, count=-1)
+    assert post(url, 0, 5).status_code == 200
+
+    wait_until(lambda: gw.http.get("/readyz").status_code == 503, what="not ready")
+    answers = []
+
+    def failed_again() -> bool:  # every probe during the failing spell, restarts included
+        r = gw.http.get("/readyz")
+        answers.append((r.status_code, r.json()))
+        return gw.status()["forwarder"]["counters"].get("failures", 0) >= 3
+
+    wait_until(failed_again, timeout=30, what="the forwarder failing three times")
+    assert {code for code, _ in answers} == {503}, answers
+    body = answers[-1][1]
+    assert body["ready"] is False and body["role"] == "master"
+    assert "pipeline failed" in body["reason"]
+    assert gw.status()["health"] == "degraded"
+
+    declined.unlink()
+    platform.http.delete("/sim/faults").raise_for_status()
+    wait_until(lambda: gw.http.get("/readyz").status_code == 200, timeout=40, what="ready")
+    assert gw.http.get("/healthz").status_code == 200
+
+
+def test_readyz_on_a_standby_is_503_naming_the_master(
+    platform, gateway_factory, tmp_path: Path
+) -> None:
+    config = base_config(platform)
+    config["services"] = [simulator_service()]
+    master = gateway_factory(config, datadir=tmp_path / "shared").start()
+    standby = gateway_factory(None, datadir=tmp_path / "shared").start(wait_master=False)
+    standby.wait_role("standby")
+
+    r = standby.http.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["role"] == "standby"
+    assert master.name in r.json()["reason"]
+    assert f"127.0.0.1:{master.http_port}" in r.json()["reason"]
+    assert standby.http.get("/healthz").status_code == 200  # alive, only not ready
+    assert master.http.get("/readyz").status_code == 200
+    assert sample(standby, "datonis_edge_ha_master") == 0
+    assert sample(master, "datonis_edge_ha_master") == 1

@@ -187,8 +187,12 @@ class Pipeline:
     # ------------------------------------------------------------------ status
 
     def pipeline_state(self) -> str:
-        """`running` only while the data path runs: the forwarder is not down."""
-        if self.state == "running" and self.forwarder.status.state == "failed":
+        """`running` only while the data path runs: the forwarder is not down, nor failing
+        (restarted after a failure and not yet running again for a while: between two
+        failures of a loop it is `starting` or `running` for a moment)."""
+        if self.state == "running" and (
+            self.forwarder.status.state == "failed" or self.parts["forwarder"].failing
+        ):
             return "failed"
         return self.state
 
