@@ -576,9 +576,11 @@ async def test_a_failing_sink_is_a_one_line_500_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from datonis_edge.adapters.base import Rejected
-    from datonis_edge.config import HttpListenerService
+    from datonis_edge.adapters.http_listener.config import HttpListenerService
 
-    async def broken_sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
+    async def broken_sink(
+        readings: list[dict[str, Any]], raw: bytes | None = None, checked: bool = False
+    ) -> int:
         raise RuntimeError("boom")
 
     adapter = http_listener.HttpListenerAdapter(
@@ -593,7 +595,9 @@ async def test_a_failing_sink_is_a_one_line_500_logged_once(
     assert len(errors) == 1 and "boom" in errors[0].getMessage()
     assert adapter.status.counters["internal_errors"] == 3
 
-    async def full_sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
+    async def full_sink(
+        readings: list[dict[str, Any]], raw: bytes | None = None, checked: bool = False
+    ) -> int:
         raise Rejected("the outbox is full")
 
     adapter.sink = full_sink
@@ -620,11 +624,13 @@ def _message(mid: int, payload: bytes, topic: bytes = b"plant/oven/data") -> Any
 async def test_a_message_whose_storing_fails_is_set_aside_and_the_rest_stored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from datonis_edge.config import MqttListenerService
+    from datonis_edge.adapters.mqtt_listener.config import MqttListenerService
 
     stored: list[dict[str, Any]] = []
 
-    async def picky_sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
+    async def picky_sink(
+        readings: list[dict[str, Any]], raw: bytes | None = None, checked: bool = False
+    ) -> int:
         if any(r["data"].get("poison") for r in readings):
             raise TypeError("cannot store this one")
         stored.extend(readings)
@@ -663,9 +669,11 @@ async def test_a_message_whose_storing_fails_is_set_aside_and_the_rest_stored(
 async def test_a_malformed_message_that_cannot_be_kept_is_still_acked_and_said_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from datonis_edge.config import MqttListenerService
+    from datonis_edge.adapters.mqtt_listener.config import MqttListenerService
 
-    async def sink(readings: list[dict[str, Any]], raw: bytes | None = None) -> int:
+    async def sink(
+        readings: list[dict[str, Any]], raw: bytes | None = None, checked: bool = False
+    ) -> int:
         return len(readings)
 
     (tmp_path / "malformed").write_text("a file where the directory should be")
