@@ -5,8 +5,8 @@ connections). Every 200 is sent only after the events are committed and fsync'ed
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -78,7 +78,9 @@ def run(shape: str, connections: int, per_post: int, seconds: int = 10) -> dict:
 
 
 if __name__ == "__main__":
-    seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    parser = argparse.ArgumentParser(description="Ingestion through the http_listener (wrk).")
+    parser.add_argument("seconds", nargs="?", type=int, default=10, help="per shape (10)")
+    seconds = parser.parse_args().seconds
     run("bulk 4x500", 4, 500, seconds)
     run("single 16 clients", 16, 1, seconds)
     run("single 64 clients", 64, 1, seconds)
