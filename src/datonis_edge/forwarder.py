@@ -15,7 +15,8 @@ not hold up the batches behind it (store/quarantine.py keeps it for inspection, 
                 → declined/ like a 422, with the local reason; counted, alerted.
     the uplink *raises* on a batch (a bug, or data it chokes on)
                 → retried with backoff LOCAL_ERROR_ATTEMPTS times, then declined locally.
-    an outbox segment does not decode (invalid JSON stored by an old bug)
+    an outbox segment does not read back (invalid JSON stored by an old bug, or bytes
+    that no longer match their checksum)
                 → declined with its raw bytes, acknowledged in order; reading goes on.
 
 Up to `max_inflight_batches` are on the wire at once (a WAN round trip would otherwise cap
@@ -35,6 +36,7 @@ import logging
 import random
 import time
 from collections import deque
+from typing import Any
 
 from .config.models import CloudBase
 from .logs import OnceLogger
@@ -43,7 +45,7 @@ from .model import Batch, Outcome, OutcomeKind
 from .status import Alerts, PartStatus
 from .store.declined import DeclinedStore
 from .store.outbox import Cursor, Outbox, OutboxClosed, ReadResult
-from .store.quarantine import Undecodable, decline_locally, find_undecodable
+from .store.quarantine import Undecodable, decline_locally, find_undecodable, keep_raw
 from .uplinks.base import Uplink, is_local, local_decline
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ class Forwarder:
                         self.outbox.hold(batch.cursor)
                         window.append((batch, _done(local_decline_of(got))))
                         continue
-                    if not got.events:
+                    if not got.count:
                         break
                     batch = self._batch(got)
                     cursor = got.after
@@ -150,11 +152,14 @@ class Forwarder:
             await self.flush_acks()
 
     def _batch(self, got: ReadResult) -> Batch:
+        """The events as the outbox stored them (bytes): parsed only if someone asks."""
         return Batch(
-            batch_id=f"{got.first[0]}.{got.first[1]}+{len(got.events)}",
+            batch_id=f"{got.first[0]}.{got.first[1]}+{got.count}",
             epoch=self.epoch,
-            events=got.events,
             cursor=got.after,
+            count=got.count,
+            payload=got.payload,
+            parsed=got.parsed,
             nbytes=got.nbytes,
         )
 
@@ -163,8 +168,9 @@ class Forwarder:
         batch = Batch(
             batch_id=f"{bad.segment}.{bad.begin}+{bad.count}",
             epoch=self.epoch,
-            events=[],
             cursor=(bad.segment, bad.n),
+            count=bad.count,
+            parsed=[],
             nbytes=len(bad.raw),
         )
         self._undecodable[batch.batch_id] = bad
@@ -196,11 +202,11 @@ class Forwarder:
             got = await self._read(cursor, size)
             if isinstance(got, Undecodable):
                 return got
-            n = len(got.events)
+            n = got.count
             if n >= size or self._stopping:
                 return got
             if not wait:
-                return ReadResult([], cursor, cursor, 0)
+                return ReadResult(0, cursor, cursor, 0)
             if n and time.monotonic() >= deadline:
                 return got
             timeout = max(0.0, deadline - time.monotonic()) if n else 1.0
@@ -272,7 +278,7 @@ class Forwarder:
         if outcome.kind is not OutcomeKind.DECLINED or outcome.status is not None:
             self._reachable_again()
         if outcome.kind is OutcomeKind.DELIVERED:
-            self._ack_soon(batch, "delivered", len(batch.events))
+            self._ack_soon(batch, "delivered", batch.count)
             self.retry_backoff.reset()
             if self.keys_suspect:
                 self.keys_suspect = False
@@ -288,15 +294,16 @@ class Forwarder:
 
     async def _decline(self, batch: Batch, outcome: Outcome) -> None:
         bad = self._undecodable.pop(batch.batch_id, None)
-        count = bad.count if bad is not None else len(batch.events)
+        count = bad.count if bad is not None else batch.count
         now_ms = int(time.time() * 1000)
+        events, unparsed = await asyncio.to_thread(_parsed, batch)
         if is_local(outcome):
             item = await asyncio.to_thread(
                 decline_locally,
                 self.declined,
                 batch_id=batch.batch_id,
                 epoch=batch.epoch,
-                events=batch.events,
+                events=events,
                 reason=outcome.reason,
                 declined_at_ms=now_ms,
                 undecodable=bad,
@@ -307,7 +314,7 @@ class Forwarder:
                 self.declined.decline,
                 batch_id=batch.batch_id,
                 epoch=batch.epoch,
-                events=batch.events,
+                events=events,
                 status=outcome.status,
                 reason=outcome.reason,
                 response_body=outcome.body,
@@ -319,6 +326,8 @@ class Forwarder:
                 if outcome.keys_suspect
                 else "the platform refused this batch's content"
             )
+        if unparsed is not None:  # kept as the bytes they are
+            await asyncio.to_thread(keep_raw, item, batch.payload or b"", unparsed, count)
         self._ack_soon(batch, "declined", count)
         self.status.count("declined_batches")
         by_status = self.status.details.setdefault("declined_by_status", {})
@@ -329,7 +338,7 @@ class Forwarder:
             f"kept as declined/{item.id}; {hint}"
         )
         self._once.log(f"declined {outcome.status}", "%s", message, level=logging.ERROR)
-        first = batch.events[0] if batch.events else None
+        first = events[0] if events else None
         self.alerts.raise_(
             "error",
             message,
@@ -362,6 +371,14 @@ class Forwarder:
     async def flush_acks(self) -> None:
         if self._acks:
             await asyncio.gather(*list(self._acks), return_exceptions=True)
+
+
+def _parsed(batch: Batch) -> tuple[list[Any], str | None]:
+    """A batch's events for its decline record, or why its stored bytes do not parse."""
+    try:
+        return batch.events, None
+    except ValueError as exc:  # bytes stored against append_raw's promise
+        return [], f"the batch's bytes as stored; they do not parse ({exc})"
 
 
 def local_decline_of(bad: Undecodable) -> Outcome:

@@ -104,7 +104,7 @@ class DeclinedStore:
             "response_body": response_body[:4096],
             "declined_at_ms": declined_at_ms,
             "count": len(events),
-            "thing_keys": sorted({str(e.get("thing_key")) for e in events}),
+            "thing_keys": sorted({str(e.get("thing_key")) for e in events if isinstance(e, dict)}),
             "events": events,
         }
         path = self.directory / f"{ident}.json"

@@ -30,7 +30,8 @@ IDLE_S = 1.0  # maintain() runs at least this often when nothing is queued
 
 
 class Op:
-    """One queued operation: a function of the connection, or an append (payload, count)."""
+    """One queued operation: a function of the connection, or an append (payload, count,
+    compact: whether the payload is orjson's array of objects, sent as stored)."""
 
     __slots__ = ("append", "done", "error", "fn", "future", "loop", "result", "tag")
 
@@ -39,12 +40,12 @@ class Op:
         fn: Callable[[sqlite3.Connection], Any] | None,
         future: asyncio.Future[Any] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
-        append: tuple[bytes, int] | None = None,
+        append: tuple[bytes, int, bool] | None = None,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
-        self.append = append  # (JSON array payload, event count)
+        self.append = append  # (JSON array payload, event count, compact)
         self.result: Any = None
         self.error: BaseException | None = None
         self.done: threading.Event | None = None  # for callers without an event loop

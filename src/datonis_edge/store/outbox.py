@@ -12,8 +12,8 @@ One SQLite connection (outbox_file.py), owned by one writer thread. Every call i
 thread; it runs everything queued in one transaction and one commit: that is the group
 commit, so N concurrent producers pay for about one fsync, not N.
 
-Rows are *segments*: the events of one append, stored as one JSON array. A position in the
-outbox is (segment id, index inside the segment).
+Rows are *segments*: the events of one append, stored as one JSON array and sent as stored
+(segments.py); the cap and its policy are in cap.py.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +30,18 @@ from typing import Any
 
 import orjson
 
+from .cap import Cap, DiskFull, OutboxFull
 from .counters import NAMES as COUNTERS
 from .counters import Counters
 from .diskspace import is_damage, is_disk_full
 from .group_commit import GroupCommitThread, Op
 from .outbox_file import open_checked
 from .reconcile import missing
-from .room import Room, live_bytes
+from .room import Room
 from .salvage import SalvageReport
+from .segments import Cursor, ReadResult, Segments, compact_objects
 
 log = logging.getLogger(__name__)
-
-Cursor = tuple[int, int]
 
 __all__ = [
     "COUNTERS",
@@ -59,27 +57,12 @@ __all__ = [
 _ACK = "ack"  # Op.tag of an ack: (ACK, upto, outcome)
 
 
-class OutboxFull(Exception):
-    """Readings refused, nothing stored: the producer should send them again later (HTTP 503,
-    no PUBACK). Here: the cap and its policy (reject_new) or the in-flight batch leave no room."""
-
-
-class DiskFull(OutboxFull):
-    """The filesystem of the data directory is full (SQLITE_FULL, ENOSPC)."""
-
-
 class OutboxUnavailable(OutboxFull):
     """The outbox could not store the readings (an I/O error, a damaged file)."""
 
 
 class OutboxClosed(Exception):
     pass
-
-
-def _on_disk(nbytes: int) -> int:
-    """What a payload takes in outbox.db: 4092 of every 4096 bytes of an overflow page carry
-    data, plus the row's cell (the page it lands in is measured, not guessed, afterwards)."""
-    return nbytes + nbytes // 1000 + 32
 
 
 @dataclass
@@ -102,14 +85,6 @@ class OutboxStats:
     oldest_ms: int | None  # when the oldest pending event was stored (None: nothing pending)
 
 
-@dataclass
-class ReadResult:
-    events: list[Any]
-    first: Cursor  # position of the first event
-    after: Cursor  # position just after the last event
-    nbytes: int
-
-
 class Outbox:
     def __init__(
         self,
@@ -126,28 +101,21 @@ class Outbox:
         self.path = self.directory / "outbox.db"
         self.max_bytes = max_bytes
         self.policy = policy
-        self.on_evict = on_evict
         self.on_alert = on_alert
-        # the pages a transaction touches besides the new rows (leaf, counters, freelist, pointer
-        # map; more when it evicts): 16 pages, fewer for a tiny cap (measured: 3 to 12)
-        self._txn_bytes = max(4, min(16, max_bytes // (64 * 4096))) * 4096
         self._room = Room(
             self.directory, self.path, max_bytes, self._alert, reserve_bytes, wal_bound
         )
         self._writer = GroupCommitThread("outbox-writer", self)
-        self._pending = 0
-        self._bytes = 0
-        self._segments = 0
-        self._oldest_ms: int | None = None
+        self._segments = Segments()  # the table and its depth: the writer thread's
+        self._depth = self._segments.depth
         self._count = Counters()
+        self._cap = Cap(max_bytes, policy, self._room, self._segments, self._count, on_evict)
         self._recovered = dict(self._count.live)  # as found at open
         self._owed: list[tuple[Cursor, str]] = []  # acks a full disk kept from committing
         self._next_flush = 0.0
         self._created = False  # outbox.db did not exist at open
         self.salvage: SalvageReport | None = None
         self.damage: str | None = None  # found damaged while open (SQLite said "malformed")
-        self._cache: OrderedDict[int, list[Any]] = OrderedDict()
-        self._cache_lock = threading.Lock()
         self._inflight_seg = 0  # segments at or below this id are being sent; never evicted
         self._closed = True
         self.appends = 0
@@ -168,14 +136,14 @@ class Outbox:
         self._created = not self.path.exists()
         opened = open_checked(self.path, self._room)
         conn, self.salvage = opened.conn, opened.salvage
-        self._segments, self._pending, self._bytes = opened.depth
+        self._segments.with_crc = opened.with_crc
+        self._segments.load(conn, opened.depth)
         self._count.load(conn)
-        self._note_oldest(conn)
         log.info(
             "outbox recovered: %d events pending in %d segments (%d bytes)",
-            self._pending,
-            self._segments,
-            self._bytes,
+            self._depth.pending,
+            self._depth.segments,
+            self._depth.bytes,
         )
         if self.salvage is not None:
             self._alert("error", self.salvage.sentence())
@@ -219,7 +187,7 @@ class Outbox:
         if self._owed:  # acks a full disk held back: they go first, in order
             owed, self._owed = self._owed, []
             for upto, outcome in owed:
-                self._ack_fn(upto, 0, outcome)(conn)
+                self._ack_fn(upto, outcome)(conn)
         i = 0
         while i < len(ops):
             if ops[i].append is None:
@@ -235,17 +203,12 @@ class Outbox:
 
     def snapshot(self) -> Any:
         """The writer's in-memory state, for a rollback (GroupCommitThread)."""
-        return (
-            self._pending,
-            self._bytes,
-            self._segments,
-            self._count.snapshot(),
-            list(self._owed),
-            self._oldest_ms,
-        )
+        return self._depth.snapshot(), self._count.snapshot(), list(self._owed)
 
     def restore(self, snap: Any) -> None:
-        self._pending, self._bytes, self._segments, counts, owed, self._oldest_ms = snap
+        depth, counts, owed = snap
+        self._depth.restore(depth)
+        self._segments.forget_all()  # what was read inside the rolled-back transaction
         self._count.restore(counts)
         self._owed = list(owed)
 
@@ -308,13 +271,19 @@ class Outbox:
         Raises OutboxFull when the cap and the policy leave no room (counted as rejected)."""
         if not events:
             return 0
-        return await self.append_raw(orjson.dumps(events), len(events))
+        return await self._append(_encoded(events))
 
     async def append_raw(self, payload: bytes, n: int) -> int:
-        """As append, for `n` events already serialized as one JSON array (`[...]`)."""
+        """As append, for `n` events already serialized as one JSON array: orjson's compact
+        array of JSON objects (as `readings.readings_json` writes checked readings), whose
+        bytes are then sent as they are. Other JSON arrays are stored too, and parsed when
+        read."""
+        return await self._append((payload, n, compact_objects(payload)))
+
+    async def _append(self, append: tuple[bytes, int, bool]) -> int:
         if self._closed:
             raise OutboxClosed("the outbox is closed")
-        result = await self._writer.submit(Op(None, append=(payload, n)))
+        result = await self._writer.submit(Op(None, append=append))
         if isinstance(result, OutboxFull):
             raise result
         if self.changed is not None:
@@ -326,166 +295,43 @@ class Outbox:
             return 0
         if self._closed:
             raise OutboxClosed("the outbox is closed")
-        result = self._writer.submit_sync(Op(None, append=(orjson.dumps(events), len(events))))
+        result = self._writer.submit_sync(Op(None, append=_encoded(events)))
         if isinstance(result, OutboxFull):
             raise result
         return result
 
     def _append_run(self, conn: sqlite3.Connection, ops: list[Op]) -> None:
-        """Store consecutive appends as one segment; a refusal is a result, not an exception,
-        so that its count commits with the group. The cap is measured in outbox.db's pages."""
-        kept: list[Op] = []
-        adding = 0  # what the kept payloads will take
-        live: int | None = None  # pages in use, measured once per run (and after evicting)
-        limit = self._room.live_limit
-        for op in ops:
-            payload, n = op.append  # type: ignore[misc]
-            need = _on_disk(len(payload))
-            refusal: OutboxFull | None = None
-            if self._room.full:
-                refusal = DiskFull(self._room.refusal())
-            elif self._peak(need) > limit:
-                refusal = OutboxFull(
-                    f"{len(payload)} bytes in one request do not fit in the outbox cap of "
-                    f"{self.max_bytes} bytes (less its WAL bound, {self._room.wal_bound}); "
-                    "send smaller bulks"
-                )
-            else:
-                if live is None:
-                    live = live_bytes(conn)
-                if live + self._peak(adding + need) > limit:
-                    refusal, live = self._make_room(conn, live, self._peak(adding + need))
-            if refusal is not None:
-                self._count.bump("rejected", n)
-                op.result = refusal
-                continue
-            kept.append(op)
-            adding += need
+        """Store consecutive appends that fit under the cap as one segment."""
+        kept = self._cap.admit(conn, ops, self._inflight_seg)
         if not kept:
             return
         if len(kept) == 1:
-            payload, n = kept[0].append  # type: ignore[misc]
+            payload, n, compact = kept[0].append  # type: ignore[misc]
         else:  # JSON arrays joined without parsing: "[a,b]" + "[c]" -> "[a,b,c]"
-            payload = b"[" + b",".join(op.append[0][1:-1] for op in kept) + b"]"  # type: ignore[index]
-            n = sum(op.append[1] for op in kept)  # type: ignore[index]
-        now_ms = int(time.time() * 1000)
-        cur = conn.execute(
-            "INSERT INTO segments(n, nbytes, created_ms, payload) VALUES (?, ?, ?, ?)",
-            (n, len(payload), now_ms, payload),
-        )
-        if self._oldest_ms is None:
-            self._oldest_ms = now_ms
-        seg_id = int(cur.lastrowid or 0)
+            appends = [op.append for op in kept]
+            payload = b"[" + b",".join(a[0][1:-1] for a in appends) + b"]"  # type: ignore[index]
+            n = sum(a[1] for a in appends)  # type: ignore[index]
+            compact = all(a[2] for a in appends)  # type: ignore[index]
+        seg_id = self._segments.insert(conn, payload, n, compact)
         for op in kept:
             op.result = seg_id
-        self._pending += n
-        self._bytes += len(payload)
-        self._segments += 1
         self._count.bump("accepted", n)
         self.appends += len(kept)
 
-    def _peak(self, nbytes: int) -> int:
-        """What an append needs under the cap at its peak: written into the WAL, then copied
-        into outbox.db by a checkpoint while the WAL still holds it, plus the other pages."""
-        return 2 * nbytes + self._txn_bytes
-
-    def _make_room(
-        self, conn: sqlite3.Connection, live: int, need: int
-    ) -> tuple[OutboxFull | None, int]:
-        """Evict the oldest segments (not in flight) until `need` more bytes fit under the
-        cap, measuring the pages in use after each round; or say why not."""
-        limit = self._room.live_limit
-        if self.policy == "reject_new":
-            return OutboxFull(
-                f"the outbox is full ({live} of {limit} bytes in use, cap {self.max_bytes}) "
-                "and its policy is reject_new; the platform is probably unreachable"
-            ), live
-        while live + need > limit:
-            rows = conn.execute(
-                "SELECT id, n, acked, nbytes FROM segments WHERE id > ? ORDER BY id LIMIT 256",
-                (self._inflight_seg,),
-            ).fetchall()
-            if not rows and self._segments == 0:
-                return OutboxFull(
-                    f"the request does not fit in the outbox cap of {self.max_bytes} bytes "
-                    f"(SQLite's own pages take {live} and the WAL bound {self._room.wal_bound}); "
-                    "send smaller bulks or raise outbox.max_bytes"
-                ), live
-            if not rows:
-                return OutboxFull(
-                    "the outbox is full and what it holds is being sent right now"
-                ), live
-            victims: list[int] = []
-            freed = payload = evicted = 0
-            for seg_id, seg_n, acked, seg_bytes in rows:
-                victims.append(seg_id)
-                freed += _on_disk(seg_bytes)
-                payload += seg_bytes
-                evicted += seg_n - acked
-                if live - freed + need <= limit:
-                    break
-            conn.executemany("DELETE FROM segments WHERE id = ?", [(v,) for v in victims])
-            self._forget(victims)
-            self._bytes -= payload
-            self._pending -= evicted
-            self._segments -= len(victims)
-            self._count.bump("evicted", evicted)
-            if evicted and self.on_evict is not None:
-                self.on_evict(evicted)
-            self._note_oldest(conn)
-            live = live_bytes(conn)
-        return None, live
-
     # ---------------------------------------------------------------- read
 
-    def _forget(self, ids: list[int]) -> None:
-        with self._cache_lock:
-            for i in ids:
-                self._cache.pop(i, None)
-
-    def _events_of(self, seg_id: int, payload: bytes) -> list[Any]:
-        with self._cache_lock:
-            events = self._cache.get(seg_id)
-            if events is None:
-                events = orjson.loads(payload)
-                self._cache[seg_id] = events
-                while len(self._cache) > 256:
-                    self._cache.popitem(last=False)
-            return events
-
-    def _read_fn(
-        self, start: Cursor, max_events: int
-    ) -> Callable[[sqlite3.Connection], ReadResult]:
-        def do(conn: sqlite3.Connection) -> ReadResult:
-            out: list[Any] = []
-            cursor = start
-            first: Cursor | None = None
-            nbytes = 0
-            rows = conn.execute(
-                "SELECT id, n, acked, nbytes, payload FROM segments WHERE id >= ? ORDER BY id LIMIT ?",
-                (start[0], max_events),
-            )
-            for seg_id, n, acked, seg_bytes, payload in rows:
-                begin = max(acked, start[1]) if seg_id == start[0] else acked
-                if begin >= n:
-                    cursor = (seg_id, n)
-                    continue
-                events = self._events_of(seg_id, payload)
-                if first is None:
-                    first = (seg_id, begin)
-                take = min(n - begin, max_events - len(out))
-                out.extend(events[begin : begin + take])
-                nbytes += seg_bytes * take // n
-                cursor = (seg_id, begin + take)
-                if len(out) >= max_events:
-                    break
-            return ReadResult(out, first or cursor, cursor, nbytes)
-
-        return do
-
     async def read(self, start: Cursor, max_events: int) -> ReadResult:
-        """Events from `start` on (at most `max_events`), where they begin and end, approx bytes."""
-        return await self._submit(self._read_fn(start, max_events))
+        """Events from `start` on (at most `max_events`): where they begin and end, and the
+        events as one JSON array of the bytes stored (segments.py)."""
+        return await self._submit(lambda conn: self._segments.read(conn, start, max_events))
+
+    async def first_unreadable(
+        self, start: Cursor, max_events: int
+    ) -> tuple[int, int, int, int, bytes, str] | None:
+        """After a failed read: the row that made it fail (Segments.first_unreadable)."""
+        return await self._submit(
+            lambda conn: self._segments.first_unreadable(conn, start, max_events)
+        )
 
     def hold(self, cursor: Cursor) -> None:
         """Mark everything up to `cursor` as in flight: eviction leaves it alone."""
@@ -499,67 +345,34 @@ class Outbox:
         commit that works (a crash before then only means those events are sent again)."""
         if self._closed:
             raise OutboxClosed("the outbox is closed")
-        op = Op(self._ack_fn(upto, count, outcome))
+        op = Op(self._ack_fn(upto, outcome))
         op.tag = (_ACK, upto, outcome)
         await self._writer.submit(op)
 
-    def _ack_fn(
-        self, upto: Cursor, count: int, outcome: str
-    ) -> Callable[[sqlite3.Connection], None]:
-        seg, idx = upto
-
+    def _ack_fn(self, upto: Cursor, outcome: str) -> Callable[[sqlite3.Connection], None]:
         def do(conn: sqlite3.Connection) -> None:
-            gone = conn.execute(
-                "SELECT id, n, acked, nbytes FROM segments WHERE id < ? OR (id = ? AND n <= ?)",
-                (seg, seg, idx),
-            ).fetchall()
-            removed = 0
-            if gone:
-                conn.execute(
-                    "DELETE FROM segments WHERE id < ? OR (id = ? AND n <= ?)", (seg, seg, idx)
-                )
-                self._forget([g[0] for g in gone])
-                for _, n, acked, nbytes in gone:
-                    removed += n - acked
-                    self._bytes -= nbytes
-                self._segments -= len(gone)
-            row = conn.execute("SELECT n, acked FROM segments WHERE id = ?", (seg,)).fetchone()
-            if row is not None and idx > row[1]:
-                conn.execute("UPDATE segments SET acked = ? WHERE id = ?", (idx, seg))
-                removed += idx - row[1]
-            self._pending -= removed
-            if gone:
-                self._note_oldest(conn)
             # count what left the outbox now (an earlier ack that a full disk held back is
             # counted here); evicted-while-in-flight cannot happen (hold())
-            self._count.bump(outcome, removed)
+            self._count.bump(outcome, self._segments.remove_upto(conn, upto))
 
         return do
 
-    def _note_oldest(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT created_ms FROM segments ORDER BY id LIMIT 1").fetchone()
-        self._oldest_ms = int(row[0]) if row else None
-
     async def head(self) -> Cursor:
-        def do(conn: sqlite3.Connection) -> Cursor:
-            row = conn.execute("SELECT id, acked FROM segments ORDER BY id LIMIT 1").fetchone()
-            return (int(row[0]), int(row[1])) if row else (0, 0)
-
-        return await self._submit(do)
+        return await self._submit(self._segments.head)
 
     # ---------------------------------------------------------------- numbers
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return self._depth.pending
 
     def stats(self) -> OutboxStats:
         """Numbers as of the last commit (counters) and the last look at the disk (≤ 1 s)."""
-        room = self._room
+        room, depth = self._room, self._depth
         return OutboxStats(
-            pending=self._pending,
-            segments=self._segments,
-            bytes=self._bytes,
+            pending=depth.pending,
+            segments=depth.segments,
+            bytes=depth.bytes,
             max_bytes=self.max_bytes,
             policy=self.policy,
             counters=dict(self._count.committed),
@@ -572,8 +385,13 @@ class Outbox:
             disk_full=room.full,
             disk_free_bytes=room.free,
             damaged=self.salvage.summary() if self.salvage is not None else None,
-            oldest_ms=self._oldest_ms if self._pending else None,
+            oldest_ms=depth.oldest_ms if depth.pending else None,
         )
+
+
+def _encoded(events: list[dict[str, Any]]) -> tuple[bytes, int, bool]:
+    """Events as one JSON array, and whether they are all objects (then sent as stored)."""
+    return orjson.dumps(events), len(events), set(map(type, events)) == {dict}
 
 
 def _nothing(conn: sqlite3.Connection) -> None:

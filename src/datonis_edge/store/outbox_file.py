@@ -4,6 +4,10 @@ is moved aside and salvaged first (salvage.py), so that what opens is always sou
 One connection, in WAL mode with exclusive locking (no shared-memory file, so it is safe on a
 shared data directory), `synchronous=FULL` (the WAL is fsync'ed at every commit), incremental
 vacuum (so that it can give space back on a full disk, room.py).
+
+Upgrades happen in place, at open: an outbox made before `segments.crc32` existed gets the
+column (`ALTER TABLE ... ADD COLUMN`: a change of the schema only, no row is rewritten); its
+rows keep NULL there and are read as they always were (segments.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from .diskspace import is_damage
+from .diskspace import is_damage, is_disk_full
 from .room import Room
 from .salvage import Damaged, SalvageReport, check, check_open, salvage
 
@@ -26,7 +30,8 @@ CREATE TABLE IF NOT EXISTS segments (
     acked INTEGER NOT NULL DEFAULT 0,
     nbytes INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    crc32 INTEGER
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -43,10 +48,30 @@ def connect(path: Path, room: Room) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
         room.configure(conn)
         conn.executescript(SCHEMA)
+        upgrade(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring an older outbox's schema up to date, in place, keeping every row. On a full
+    disk it stays as it is for now (the outbox works without; see has_crc)."""
+    if has_crc(conn):
+        return
+    try:
+        conn.execute("ALTER TABLE segments ADD COLUMN crc32 INTEGER")
+    except sqlite3.OperationalError as exc:
+        if not is_disk_full(exc):
+            raise
+        log.warning("outbox.db could not be upgraded (%s): it is at the next start with room", exc)
+    else:
+        log.info("outbox.db upgraded in place: segments.crc32 added")
+
+
+def has_crc(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "crc32" for row in conn.execute("PRAGMA table_info(segments)"))
 
 
 @dataclass
@@ -54,6 +79,7 @@ class Opened:
     conn: sqlite3.Connection
     salvage: SalvageReport | None  # if it was damaged
     depth: tuple[int, int, int]  # segments, pending events, payload bytes
+    with_crc: bool = True  # the schema has segments.crc32 (not yet after a full disk)
 
 
 def open_checked(path: Path, room: Room) -> Opened:
@@ -68,7 +94,7 @@ def open_checked(path: Path, room: Room) -> Opened:
             problems = check_open(conn)
             if problems:
                 raise Damaged(problems)
-        return Opened(conn, None, depth(conn))  # damage in a row's header shows here too
+        return Opened(conn, None, depth(conn), has_crc(conn))  # damage in a row's header too
     except (Damaged, sqlite3.DatabaseError) as exc:
         if conn is not None:
             conn.close()
@@ -77,7 +103,7 @@ def open_checked(path: Path, room: Room) -> Opened:
         report = salvage(path, str(exc), lambda: connect(path, room), path.parent.parent)
         log.warning("%s (salvage took %.1f s)", report.sentence(), report.seconds)
         conn = connect(path, room)
-        return Opened(conn, report, depth(conn))
+        return Opened(conn, report, depth(conn), has_crc(conn))
 
 
 def depth(conn: sqlite3.Connection) -> tuple[int, int, int]:

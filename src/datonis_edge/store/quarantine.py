@@ -2,10 +2,10 @@
 
 Two kinds, both a bug or bad data rather than a network fault, so sending again cannot help:
 
-- an outbox segment whose stored bytes do not decode (invalid JSON left by an old bug, a torn
-  or hand-edited row): `find_undecodable` names it so that the forwarder can settle it in
-  order, and its raw bytes are kept in the declined record (`raw_payload`, as text, or base64
-  when they are not UTF-8);
+- an outbox segment whose stored bytes do not read back (invalid JSON left by an old bug, a
+  torn or hand-edited row, bytes that no longer match their checksum): `find_undecodable`
+  names it so that the forwarder can settle it in order, and its raw bytes are kept in the
+  declined record (`raw_payload`, as text, or base64 when they are not UTF-8);
 - events the uplink cannot encode (nesting deeper than orjson's limit, ...): `decline_locally`
   keeps them even when orjson cannot write them, so that they can be inspected, fixed and
   replayed like any declined batch.
@@ -44,38 +44,10 @@ class Undecodable:
         return max(self.n - self.begin, 0)
 
 
-def _decode_error(payload: bytes, n: int) -> str | None:
-    try:
-        events = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        return f"JSONDecodeError: {exc}"
-    if not isinstance(events, list) or len(events) != n:
-        return f"not a JSON array of {n} events"
-    return None
-
-
 async def find_undecodable(outbox: Outbox, start: Cursor, max_events: int) -> Undecodable | None:
     """After a failed `outbox.read(start, max_events)`: the segment that made it fail, if any."""
-
-    def scan(conn: Any) -> Undecodable | None:
-        good = 0
-        rows = conn.execute(
-            "SELECT id, n, acked, payload FROM segments WHERE id >= ? ORDER BY id LIMIT ?",
-            (start[0], max_events + 1),
-        )
-        for seg_id, n, acked, payload in rows:
-            begin = max(acked, start[1]) if seg_id == start[0] else acked
-            if begin >= n:
-                continue
-            error = _decode_error(bytes(payload), n)
-            if error is not None:
-                return Undecodable(good, seg_id, begin, n, bytes(payload), error)
-            good += n - begin
-            if good >= max_events:
-                return None
-        return None
-
-    return await outbox._submit(scan)  # on the outbox writer thread, like every read
+    found = await outbox.first_unreadable(start, max_events)
+    return None if found is None else Undecodable(*found)
 
 
 def decline_locally(
@@ -113,18 +85,32 @@ def decline_locally(
         )
         extra.update(count=len(events), events=events)
     if undecodable is not None:
-        extra["count"] = undecodable.count
-        extra["raw_payload_note"] = (
-            f"outbox segment {undecodable.segment} as stored ({undecodable.n} events, the first "
-            f"{undecodable.begin} of them already sent); it did not decode: {undecodable.error}"
+        extra.update(
+            _raw(
+                undecodable.raw,
+                f"outbox segment {undecodable.segment} as stored ({undecodable.n} events, the "
+                f"first {undecodable.begin} of them already sent); it did not decode: "
+                f"{undecodable.error}",
+                undecodable.count,
+            )
         )
-        try:
-            extra["raw_payload"] = undecodable.raw.decode("utf-8")
-        except UnicodeDecodeError:
-            extra["raw_payload"] = base64.b64encode(undecodable.raw).decode("ascii")
-            extra["raw_payload_encoding"] = "base64"
     _amend(item, extra)
     return item
+
+
+def keep_raw(item: DeclinedBatch, raw: bytes, note: str, count: int) -> None:
+    """Add a batch's bytes to its declined record, for events that could not be parsed."""
+    _amend(item, _raw(raw, note, count))
+
+
+def _raw(raw: bytes, note: str, count: int) -> dict[str, Any]:
+    extra: dict[str, Any] = {"count": count, "raw_payload_note": note}
+    try:
+        extra["raw_payload"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        extra["raw_payload"] = base64.b64encode(raw).decode("ascii")
+        extra["raw_payload_encoding"] = "base64"
+    return extra
 
 
 def _amend(item: DeclinedBatch, extra: dict[str, Any]) -> None:

@@ -125,10 +125,8 @@ class DatonisHttpUplink(Uplink):
             )
 
     async def send(self, batch: Batch) -> Outcome:
-        try:
-            body = orjson.dumps(
-                {"events": batch.events, "epoch": batch.epoch, "batch_id": batch.batch_id}
-            )
+        try:  # the events as the outbox stored them, byte for byte
+            body = batch.envelope()
         except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
             outcome = local_decline(exc)
             self._record(outcome)

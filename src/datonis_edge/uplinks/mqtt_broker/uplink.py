@@ -1,7 +1,8 @@
 """A plain MQTT uplink: each batch published with QoS 1 to any broker, delivered on PUBACK.
 
 The topic is a template; with `{thing_key}` in it a batch is split per thing (one message
-per thing, all awaited). The payload is `{"events": [...], "epoch": e, "batch_id": id}`.
+per thing, all awaited). The payload is `{"events": [...], "epoch": e, "batch_id": id}`, the
+events in it the bytes the outbox stored.
 Alerts go to `alerts_topic` and heartbeats to `heartbeat_topic` the same way, delivered only
 on their PUBACK. `mqtt://user:password@host:port` is accepted; the status shows `***@host`.
 """
@@ -125,19 +126,20 @@ class MqttBrokerUplink(Uplink):
         return outcome
 
     def _batch_messages(self, batch: Batch) -> list[tuple[str, bytes]]:
-        groups: dict[str, list[Any]] = {}
-        if "{thing_key}" in self.cloud.topic:
-            for ev in batch.events:
-                topic = self.cloud.topic.replace("{thing_key}", str(ev["thing_key"]))
-                groups.setdefault(topic, []).append(ev)
-        else:
-            groups[self.cloud.topic] = batch.events
+        """The batch as stored; split per thing (its events parsed for their thing_key) when
+        the topic names one, each message holding its events' bytes as stored."""
+        template = self.cloud.topic
+        if "{thing_key}" not in template:
+            return [(template, batch.envelope())]
+        groups: dict[str, list[int]] = {}
+        for i, ev in enumerate(batch.events):
+            groups.setdefault(template.replace("{thing_key}", str(ev["thing_key"])), []).append(i)
+        if len(groups) == 1:
+            return [(topic, batch.envelope()) for topic in groups]
+        each = batch.event_json()
         return [
-            (
-                topic,
-                orjson.dumps({"events": events, "epoch": batch.epoch, "batch_id": batch.batch_id}),
-            )
-            for topic, events in groups.items()
+            (topic, batch.envelope(b"[" + b",".join(each[i] for i in idx) + b"]"))
+            for topic, idx in groups.items()
         ]
 
     async def heartbeat(self, thing_keys: list[str]) -> Outcome:
