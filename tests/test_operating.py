@@ -5,14 +5,18 @@ process and reads its log file and its HTTP API."""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import shutil
 import signal
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import (
@@ -337,3 +341,163 @@ def test_readyz_on_a_standby_is_503_naming_the_master(
     assert master.http.get("/readyz").status_code == 200
     assert sample(standby, "datonis_edge_ha_master") == 0
     assert sample(master, "datonis_edge_ha_master") == 1
+
+
+# ---------------------------------------------------------------------- --log-format json
+
+
+def test_json_logs_are_one_json_object_per_line_warnings_and_all(
+    gateway_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway with trouble everywhere (no platform, a silent PLC, a taken port) and a
+    clean stop: every line it writes is one JSON object (the process inherits the env)."""
+    monkeypatch.setenv("DATONIS_EDGE_LOG_FORMAT", "json")
+    plc = ModbusServer(tmp_path, {"units": {"1": {"hr": {"0": [1]}}}}, "plc").start()
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            config, _ = listener(None, port=squatter.getsockname()[1])  # no platform there
+            config["services"] += [
+                simulator_service(),
+                {
+                    "name": "press-line",
+                    "type": "modbus_tcp",
+                    "scan_interval_ms": 50,
+                    "devices": [{"name": "plc-7", "port": plc.port, "timeout_ms": 100}],
+                    "tags": [{"name": "t", "device": "plc-7", "register": "holding", "address": 0}],
+                    "things": [{"thing_key": "p", "metrics": [{"name": "t", "tag": "t"}]}],
+                },
+            ]
+            gw = gateway_factory(config).start()
+            plc.proc.signal(signal.SIGSTOP)
+            assert gw.http.post("/api/v1/declined/replay", json={"ids": 5}).status_code == 400
+            assert gw.proc is not None
+            wait_until(
+                lambda: all(
+                    text in gw.proc.log()
+                    for text in ("already in use", "retrying with backoff", "plc-7")
+                ),
+                what="the three problems logged",
+            )
+    finally:
+        plc.stop()
+    assert gw.stop() == 0
+    records = []
+    for line in gw.proc.log().splitlines():
+        record = json.loads(line)  # fails on any line that is not JSON
+        assert isinstance(record, dict), line
+        assert {"time", "level", "logger", "message"} <= record.keys(), line
+        records.append(record)
+    levels = {r["level"] for r in records}
+    assert {"info", "warning", "error"} <= levels, levels
+    loggers = {r["logger"] for r in records}
+    assert {"datonis_edge.forwarder", "datonis_edge.pipeline", "datonis_edge.services"} <= loggers
+
+
+def test_json_logging_takes_in_library_records_and_python_warnings(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """uvicorn logs through our handler (serving.py passes log_config=None), a traceback
+    stays inside its record, and Python's warnings are records too."""
+    from datonis_edge import logs
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.setup("info", "json")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+        warnings.warn("a library's warning", RuntimeWarning, stacklevel=1)
+        logging.getLogger("uvicorn.access").info("GET / 200")  # kept quiet
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = capfd.readouterr().err.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [(r["logger"], r["level"]) for r in records] == [
+        ("uvicorn.error", "error"),
+        ("py.warnings", "warning"),
+    ]
+    assert "RuntimeError: boom" in records[0]["exception"]
+    assert "a library's warning" in records[1]["message"]
+
+
+def test_a_replay_body_that_is_not_a_list_of_ids_is_a_400_never_all(
+    platform, gateway_factory
+) -> None:
+    config, url = listener(platform, bulk_max_elements=5)
+    gw = gateway_factory(config).start()
+    platform.fault(status=422, count=1)
+    assert post(url, 0, 5).status_code == 200
+    wait_until(lambda: gw.status()["declined_batches"] == 1, what="a declined batch")
+    for body in ({"ids": 5}, {"ids": [5]}, ["x"], {"ids": "all"}):
+        r = gw.http.post("/api/v1/declined/replay", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert "ids" in r.json()["error"]
+    assert gw.http.post("/api/v1/declined/replay", json={"ids": []}).json() == {
+        "replayed_events": 0
+    }
+    assert gw.status()["declined_batches"] == 1  # nothing replayed by a bad body
+    assert gw.http.post("/api/v1/declined/replay", json={"ids": None}).status_code == 200
+    wait_until(lambda: seqs(platform) == list(range(5)), what="replayed on purpose")
+    assert "Traceback" not in gw.proc.log()
+    assert len(problems(gw)) == 1  # the 422
+
+
+# ---------------------------------------------------------------------- the outbox fills up
+
+
+def test_an_outbox_filling_up_is_one_warning_and_evicting_one_line_a_minute(
+    gateway_factory,
+) -> None:
+    config, url = listener(None)  # no platform: everything stays in the outbox
+    config["outbox"] = {"max_bytes": 1 << 20, "policy": "drop_oldest"}
+    gw = gateway_factory(config).start()
+    producer = httpx.Client(timeout=10)
+    sent = 0
+
+    def post_until(done: Any, what: str) -> Any:
+        """Post 200 events at a time until `done()` says so (at most 40 MB worth)."""
+        nonlocal sent
+        for _ in range(3000):
+            if result := done():
+                return result
+            events = [{"thing_key": "m1", "data": {"seq": i}} for i in range(sent, sent + 200)]
+            r = producer.post(url, json={"events": events})
+            assert r.status_code == 200, r.text  # drop_oldest: room is made, never refused
+            sent += 200
+        raise AssertionError(f"never {what}")
+
+    try:
+        post_until(lambda: gw.status()["outbox"]["fill"] >= 0.8, "80 % full")
+        st = wait_until(
+            lambda: (
+                (s := gw.status())["health"] == "degraded"
+                and any("80 %" in r for r in s["reasons"])
+                and s
+            ),
+            what="the fill shown in health",
+        )
+        lines = wait_until(lambda: log_lines(gw, "WARNING", "outbox is"), what="fill logged")
+        assert "outbox.max_bytes" in lines[0]  # the fix
+        assert sum("the outbox is" in a["message"] for a in st["alerts"]) == 1
+        assert sample(gw, "datonis_edge_outbox_bytes") >= 0.8 * (1 << 20)
+
+        # past the cap: the oldest go, append after append
+        post_until(lambda: gw.status()["counters"].get("evicted", 0) >= 2000, "evicted")
+    finally:
+        producer.close()
+    evicted = wait_until(lambda: sample(gw, "datonis_edge_events_evicted_total"))
+    assert evicted >= 2000
+    evicting = log_lines(gw, "WARNING", "bytes reached")
+    assert len(evicting) == 1, evicting  # not one per eviction
+    assert "drop_oldest" in evicting[0] and "outbox.max_bytes" in evicting[0]
+    alerts = [a for a in gw.status()["alerts"] if "bytes reached" in a["message"]]
+    assert len(alerts) == 1, alerts  # nor an alert per eviction
+    assert len(log_lines(gw, "WARNING", "outbox is")) == 1
+    # and nothing else: the alerts that cannot reach the platform are not a line of their own
+    assert len(problems(gw)) == 3, problems(gw)  # uplink unreachable, evicting, 80 % full

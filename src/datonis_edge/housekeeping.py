@@ -112,6 +112,9 @@ class Housekeeping:
     def _report_unsent(self, what: str, outcome: Outcome) -> None:
         if outcome.kind is OutcomeKind.DELIVERED:
             self._once.resolve(f"{what} not delivered", "%ss reach the platform again", what)
+        elif outcome.kind is OutcomeKind.RETRY and self.uplink.status.state == "retrying":
+            # the platform is unreachable and the forwarder says so already: one cause, one line
+            log.debug("%s not delivered to the platform: %s", what, outcome.reason)
         else:
             self._once.log(
                 f"{what} not delivered",
@@ -122,31 +125,26 @@ class Housekeeping:
 
     # ------------------------------------------------------------------ outbox fill
 
-    def evicted(self, count: int) -> None:
-        """The cap made the outbox drop its oldest events: alerted each time, logged once a
-        minute at most."""
-        message = (
-            f"outbox cap of {self.outbox.max_bytes} bytes reached: {count} oldest events "
-            "evicted (policy drop_oldest); the platform is not taking readings fast enough: "
-            "check the uplink, or raise outbox.max_bytes"
-        )
-        self._once.log("evicting", "%s", message)
-        self.alerts.raise_("warning", message)
-
     async def watch_outbox(self, every_s: float = 1.0) -> None:
         while True:
             self.check_fill()
             await asyncio.sleep(every_s)
 
     def check_fill(self) -> None:
-        """Log (and alert) once when the outbox passes 80 % of its cap, once when it is back."""
+        """Log (and alert) once when the outbox passes 80 % of its cap, once when it is back.
+        The fill is what the cap is measured in (outbox.db's pages in use and its WAL), not
+        the events' payload: with a small cap, SQLite's own pages are a good part of it."""
         stats = self.outbox.stats()
-        fill = stats.bytes / stats.max_bytes if stats.max_bytes else 0.0
+        fill = stats.used_bytes / stats.max_bytes if stats.max_bytes else 0.0
         if not self.outbox_filling and fill >= FILL_WARN:
             self.outbox_filling = True
-            then = "the oldest are evicted" if stats.policy == "drop_oldest" else "new readings are refused"
+            then = (
+                "the oldest are evicted"
+                if stats.policy == "drop_oldest"
+                else "new readings are refused"
+            )
             message = (
-                f"the outbox is {fill:.0%} full ({stats.pending} events, {stats.bytes} of "
+                f"the outbox is {fill:.0%} full ({stats.pending} events, {stats.used_bytes} of "
                 f"{stats.max_bytes} bytes): the platform is not taking them fast enough; at 100 % "
                 f"{then}; check the uplink, or raise outbox.max_bytes"
             )
@@ -154,6 +152,19 @@ class Housekeeping:
             self.alerts.raise_("warning", message)
         elif self.outbox_filling and fill < FILL_CLEAR:
             self.outbox_filling = False
-            log.info("the outbox is back under %.0f %% of its cap (%.0f %%)", FILL_CLEAR * 100, fill * 100)
+            log.info(
+                "the outbox is back under %.0f %% of its cap (%.0f %%)",
+                FILL_CLEAR * 100,
+                fill * 100,
+            )
 
-
+    def evicted(self, count: int) -> None:
+        """The cap evicted `count` events (drop_oldest): one line and one alert a minute at
+        most, however many appends evict meanwhile (the count is in the status and /metrics)."""
+        message = (
+            f"outbox cap of {self.outbox.max_bytes} bytes reached: the oldest events are "
+            f"evicted (policy drop_oldest; {count} just now); the platform is not taking "
+            "readings fast enough: check the uplink, or raise outbox.max_bytes"
+        )
+        if self._once.log("evicting", "%s", message):
+            self.alerts.raise_("warning", message)

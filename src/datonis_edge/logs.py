@@ -3,7 +3,8 @@
 `setup(level, fmt)` configures the root logger once: `text` is one human line per record,
 `json` is one JSON object per line (time in ISO 8601 UTC, level, logger, message, and every
 `extra={...}` field) for log shippers. Libraries that talk too much (uvicorn, aiohttp, httpx)
-are kept at WARNING whatever the level.
+are kept at WARNING whatever the level; their records, and Python's warnings, go through the
+same handler, so a JSON log is JSON on every line.
 
 `OnceLogger` is for conditions that repeat (a device that does not answer every scan, an
 uplink that refuses every batch): log the change once, then at most once per interval.
@@ -74,6 +75,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for name in QUIET_LIBRARIES:  # one line per request or connection is noise
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Python's warnings (a library's RuntimeWarning, ...) through the same handler, not as raw
+    # stderr lines that a JSON log shipper cannot read
+    logging.captureWarnings(True)
 
 
 class OnceLogger:

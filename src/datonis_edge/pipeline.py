@@ -219,7 +219,8 @@ class Pipeline:
                 "pending": stats.pending,
                 "bytes": stats.bytes,
                 "max_bytes": stats.max_bytes,
-                "fill": round(stats.bytes / stats.max_bytes, 4) if stats.max_bytes else 0.0,
+                # of the cap, in what the cap measures (pages in use and WAL, not payload)
+                "fill": round(stats.used_bytes / stats.max_bytes, 4) if stats.max_bytes else 0.0,
                 "oldest_ms": stats.oldest_ms,
                 "policy": stats.policy,
                 "segments": stats.segments,

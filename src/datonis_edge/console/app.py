@@ -23,6 +23,9 @@ class ConsoleService(Protocol):
     async def replay(self, ids: list[str] | None) -> int: ...
 
 
+REPLAY_BODY = 'body must be JSON: {"ids": ["<declined id>", ...]}, or empty (or {}) for all'
+
+
 def create_app(service: ConsoleService) -> Starlette:
     registries = metrics_registry(service.snapshot)
     page = resources.files(__package__).joinpath("status.html").read_text(encoding="utf-8")
@@ -60,10 +63,15 @@ def create_app(service: ConsoleService) -> Starlette:
             try:
                 body = await request.json()
             except ValueError:
-                return JSONResponse(
-                    {"error": 'body must be JSON: {"ids": [...]} or empty for all'}, status_code=400
-                )
+                body = None
             ids = body.get("ids") if isinstance(body, dict) else None
+            # a body that is not what we asked for must not mean "all"
+            if not isinstance(body, dict) or not (
+                ids is None or (isinstance(ids, list) and all(isinstance(i, str) for i in ids))
+            ):
+                return JSONResponse({"error": REPLAY_BODY}, status_code=400)
+            if ids == []:  # none asked for (the store reads an empty list as all)
+                return JSONResponse({"replayed_events": 0})
         count = await service.replay(ids)
         return JSONResponse({"replayed_events": count})
 

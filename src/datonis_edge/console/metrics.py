@@ -55,7 +55,11 @@ class SnapshotCollector:
     def _outbox(self, snap: dict[str, Any]) -> Iterator[Metric]:
         ob, c = snap["outbox"], snap.get("counters", {})
         yield _gauge("outbox_events", "events waiting in the outbox", ob.get("pending", 0))
-        yield _gauge("outbox_bytes", "bytes the outbox takes on disk", ob.get("bytes", 0))
+        yield _gauge(
+            "outbox_bytes",
+            "bytes the outbox uses against its cap (outbox.db's pages in use and its WAL)",
+            ob.get("used_bytes", 0),
+        )
         yield _gauge(
             "outbox_capacity_bytes", "the outbox cap (outbox.max_bytes)", ob.get("max_bytes", 0)
         )
