@@ -114,6 +114,7 @@ def test_a_401_is_one_error_line_naming_the_fix_degraded_health_and_counted(
     assert any("401" in r and "access_key" in r for r in st["reasons"]), st["reasons"]
     declined = sample(gw, "datonis_edge_events_declined_total", uplink=uplink, status="401")
     assert declined == 15
+    assert sample(gw, "datonis_edge_uplink_up", uplink=uplink) == 0  # it does not deliver
 
     errors = log_lines(gw, "ERROR")
     assert len(errors) == 1, errors
@@ -337,7 +338,8 @@ def test_readyz_on_a_standby_is_503_naming_the_master(
     assert r.json()["role"] == "standby"
     assert master.name in r.json()["reason"]
     assert f"127.0.0.1:{master.http_port}" in r.json()["reason"]
-    assert standby.http.get("/healthz").status_code == 200  # alive, only not ready
+    alive = standby.http.get("/healthz")  # alive, only not ready
+    assert alive.status_code == 200 and alive.json()["role"] == "standby"
     assert master.http.get("/readyz").status_code == 200
     assert sample(standby, "datonis_edge_ha_master") == 0
     assert sample(master, "datonis_edge_ha_master") == 1

@@ -16,6 +16,8 @@ from .metrics import metrics_registry
 
 
 class ConsoleService(Protocol):
+    role: str  # starting | standby | master | stopped
+
     def snapshot(self) -> dict[str, Any]: ...
 
     def declined_list(self) -> list[dict[str, Any]]: ...
@@ -34,7 +36,9 @@ def create_app(service: ConsoleService) -> Starlette:
         return JSONResponse(service.snapshot())
 
     async def healthz(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "role": service.snapshot()["role"]})
+        """Liveness: the process and its event loop answer. No snapshot (it reads files of the
+        data directory, which may hang on NFS: a probe must not wait on storage)."""
+        return JSONResponse({"status": "ok", "role": service.role})
 
     async def readyz(_: Request) -> JSONResponse:
         """200 only on the master with its pipeline running; a standby names the master."""
