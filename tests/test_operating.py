@@ -343,6 +343,9 @@ def test_readyz_on_a_standby_is_503_naming_the_master(
     assert master.http.get("/readyz").status_code == 200
     assert sample(standby, "datonis_edge_ha_master") == 0
     assert sample(master, "datonis_edge_ha_master") == 1
+    # health is the master's pipeline's: a standby is no 0 for `health_ok == 0` to fire on
+    assert sample(standby, "datonis_edge_health_ok") is None
+    assert sample(master, "datonis_edge_health_ok") == 1
 
 
 # ---------------------------------------------------------------------- --log-format json

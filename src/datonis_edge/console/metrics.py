@@ -41,13 +41,13 @@ class SnapshotCollector:
             "takeovers of this data directory's mastership since it was created (epoch - 1)",
             max(0, (snap.get("epoch") or 0) - 1),
         )
+        if not master or "outbox" not in snap:
+            return  # a standby has no pipeline: no health to speak of (not a 0 to alert on)
         yield _gauge(
             "health_ok",
-            "1 when the status says health ok",
+            "1 when the status says health ok (the master's pipeline; see the status's reasons)",
             1.0 if snap.get("health") == "ok" else 0.0,
         )
-        if not master or "outbox" not in snap:
-            return
         yield from self._outbox(snap)
         yield from self._services(snap.get("services", []))
         yield from self._uplinks(snap)
