@@ -21,7 +21,7 @@ from .readings import InvalidReading, check_reading
 from .root_config import Config
 from .status import Alerts, PartStatus
 from .store.declined import DeclinedStore
-from .store.outbox import Outbox, OutboxClosed, OutboxFull
+from .store.outbox import DiskFull, Outbox, OutboxClosed, OutboxFull
 from .supervision import Parts
 from .things.mapping import ThingMap
 from .uplinks import make_uplink
@@ -59,6 +59,8 @@ class ServiceSink:
                 await self.outbox.append(events)
         except OutboxFull as exc:
             self.status.count("rejected", len(events))
+            if isinstance(exc, DiskFull):  # the outbox logs it (and its end): one cause, one line
+                self.status.logged_elsewhere(str(exc))
             raise Rejected(str(exc)) from None
         except OutboxClosed:
             raise Rejected("the gateway is stopping; send again to the new master") from None

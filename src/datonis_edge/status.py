@@ -47,6 +47,7 @@ class PartStatus:
     _problem_logged: bool = field(default=False, repr=False)
     _last_line: float = field(default=-ANNOUNCE_INTERVAL_S, repr=False)
     _suppressed: int = field(default=0, repr=False)
+    _logged_elsewhere: str | None = field(default=None, repr=False)
 
     def ok(self, state: str | None = None) -> None:
         self.last_ok_ms = _ms()
@@ -64,8 +65,15 @@ class PartStatus:
         self.last_error_ms = _ms()
         if state:
             self.state = state
+        if message == self._logged_elsewhere:
+            return
         if announce and self.announce and not self._problem_logged:
             self._announce(message)
+
+    def logged_elsewhere(self, message: str) -> None:
+        """The part's next `error(message)` is a condition another part logs (a full disk,
+        logged by the outbox): kept as the last error, not announced again."""
+        self._logged_elsewhere = message
 
     def _announce(self, message: str) -> None:
         now = time.monotonic()
@@ -95,7 +103,9 @@ class PartStatus:
         return {k: v for k, v in asdict(self).items() if k not in _PRIVATE}
 
 
-_PRIVATE = frozenset({"announce", "hint", "_problem_logged", "_last_line", "_suppressed"})
+_PRIVATE = frozenset(
+    {"announce", "hint", "_problem_logged", "_last_line", "_suppressed", "_logged_elsewhere"}
+)
 
 
 @dataclass
