@@ -36,19 +36,21 @@ LINE = re.compile(
 
 
 def log_lines(gw: Gateway, level: str | None = None, containing: str = "") -> list[str]:
-    """The messages of the gateway's log records (of one level), that contain a text."""
+    """The messages of the gateway's log records (of one level, or of the levels separated
+    by `|`) that contain a text, in order."""
     assert gw.proc is not None
+    levels = level.split("|") if level else None
     out = []
     for line in gw.proc.log().splitlines():
         m = LINE.match(line)
-        if m and (level is None or m["level"] == level) and containing in m["msg"]:
+        if m and (levels is None or m["level"] in levels) and containing in m["msg"]:
             out.append(m["msg"])
     return out
 
 
 def problems(gw: Gateway) -> list[str]:
     """Every WARNING and ERROR line, but the one about running the tests as root."""
-    lines = log_lines(gw, "WARNING") + log_lines(gw, "ERROR") + log_lines(gw, "CRITICAL")
+    lines = log_lines(gw, "WARNING|ERROR|CRITICAL")
     return [line for line in lines if not line.startswith("running as root")]
 
 
