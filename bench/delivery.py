@@ -61,6 +61,7 @@ def drain(name: str, total: int, cloud_cfg: dict, events_at_target) -> dict:  # 
         seconds=round(seconds, 2),
         bulk=cloud_cfg.get("bulk_max_elements"),
         gateway_cpu_cores=round(cpu / seconds, 2),
+        gateway_cpu_us_per_event=round(cpu / total * 1e6, 2),
         peak_rss_mb=round(rss, 1),
     )
 

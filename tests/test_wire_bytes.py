@@ -21,6 +21,7 @@ from datonis_edge.forwarder import Forwarder
 from datonis_edge.model import Batch, Outcome, event_starts
 from datonis_edge.protocol.datonis import EVENT_PATH, sign
 from datonis_edge.status import Alerts
+from datonis_edge.store import outbox_file
 from datonis_edge.store.declined import DeclinedStore
 from datonis_edge.store.outbox import Outbox
 from datonis_edge.store.quarantine import find_undecodable
@@ -240,6 +241,27 @@ async def test_an_old_outbox_is_upgraded_in_place_and_its_rows_read_as_before(
     with _db(tmp_path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(segments)")]
     assert columns[-1] == "crc32"
+
+
+async def test_an_old_outbox_that_could_not_be_upgraded_works_without_checksums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As after ALTER TABLE met a full disk: rows are written and read as before."""
+    _old_outbox(tmp_path, [orjson.dumps([_event(0), _event(1)])])
+    monkeypatch.setattr(outbox_file, "upgrade", lambda conn: None)
+    outbox = Outbox(tmp_path)
+    outbox.open()
+    try:
+        await outbox.append([_event(2), _event(3)])
+        assert [p for p, _ in await _read_all(outbox, 3)] == [
+            _array([_event(0), _event(1), _event(2)]),
+            _array([_event(3)]),
+        ]
+        got = await outbox.read(await outbox.head(), 10)
+        await outbox.ack(got.after, got.count)
+        assert outbox.pending == 0 and outbox.stats().counters["delivered"] == 4
+    finally:
+        outbox.close()
 
 
 # ---------------------------------------------------------------------- damage inside a row

@@ -17,26 +17,11 @@ from typing import Any
 
 import orjson
 
+from .durable import write_durably
+
 # no dots: the id is the file name without its suffix (.json, or .replay once marked)
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 _SUFFIXES = (".json", ".replay")
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically and durably: temp file, fsync, rename, fsync dir."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _id_of(path: Path) -> str:

@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from .declined import DeclinedBatch, DeclinedStore, write_durably
+from .declined import DeclinedBatch, DeclinedStore
+from .durable import write_durably
 from .outbox import Cursor, Outbox
 
 
