@@ -14,7 +14,8 @@ A position in the outbox is (segment id, index inside the segment). A row holds 
   always was, and its events encoded again for the wire.
 
 Rows that do not read back (damaged, not JSON, not `n` events) make `read` raise; the
-forwarder then asks `problem` which one it was (store/quarantine.py) and declines it locally.
+forwarder then asks `first_unreadable` which one it was and why (store/quarantine.py) and
+declines it locally.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 import zlib
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -113,13 +114,13 @@ class Depth:
         self.pending, self.bytes, self.segments, self.oldest_ms = snap
 
 
-@dataclass
 class Segments:
     """The segments table, on the writer thread: insert, read, remove; and its depth."""
 
-    with_crc: bool = True  # False while an old outbox could not get the column (a full disk)
-    depth: Depth = field(default_factory=Depth)
-    _cache: OrderedDict[int, _Row] = field(default_factory=OrderedDict)
+    def __init__(self) -> None:
+        self.with_crc = True  # False while an old outbox could not get the column (disk full)
+        self.depth = Depth()
+        self._cache: OrderedDict[int, _Row] = OrderedDict()
 
     def load(self, conn: sqlite3.Connection, depth: tuple[int, int, int]) -> None:
         self.depth.segments, self.depth.pending, self.depth.bytes = depth
