@@ -232,14 +232,15 @@ def test_a_plc_that_stops_answering_is_one_warning_naming_it_and_one_recovery(
         warnings = problems(gw)
         assert len(warnings) == 1, warnings  # one line, not one per scan
         assert "press-line" in warnings[0] and "plc-7" in warnings[0]
+        assert "does not answer" in warnings[0] and f":{plc.port}" in warnings[0]  # cause, where
         assert "check that each device is powered and reachable" in warnings[0]  # the hint
 
         plc.proc.signal(signal.SIGCONT)
         wait_until(lambda: sample(gw, "datonis_edge_device_up", **device) == 1, timeout=30)
         recovered = wait_until(
-            lambda: log_lines(gw, "INFO", "press-line: recovered"), what="recovery logged"
+            lambda: log_lines(gw, "INFO", "plc-7 at 127.0.0.1"), what="recovery logged"
         )
-        assert len(recovered) == 1
+        assert len(recovered) == 1 and "answers again" in recovered[0]
         wait_until(lambda: gw.status()["health"] == "ok", what="health ok again")
         assert len(problems(gw)) == 1
     finally:
@@ -399,7 +400,8 @@ def test_json_logs_are_one_json_object_per_line_warnings_and_all(
     levels = {r["level"] for r in records}
     assert {"info", "warning", "error"} <= levels, levels
     loggers = {r["logger"] for r in records}
-    assert {"datonis_edge.forwarder", "datonis_edge.pipeline", "datonis_edge.services"} <= loggers
+    modbus = "datonis_edge.adapters.modbus_tcp.adapter"  # its devices, one line each
+    assert {"datonis_edge.forwarder", "datonis_edge.pipeline", modbus} <= loggers
 
 
 def test_json_logging_takes_in_library_records_and_python_warnings(

@@ -19,9 +19,12 @@ from typing import Any
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from ...logs import OnceLogger
 from ..base import Adapter, ReadingSink, Rejected, reading, ticks
 from .codec import ReadGroup, TagSpec, plan_reads
 from .config import ModbusDevice, ModbusTcpService
+
+log = logging.getLogger(__name__)
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we report device errors ourselves
 
@@ -154,6 +157,7 @@ class ModbusTcpAdapter(Adapter):
         self._things = [(t.thing_key, t.tags_used()) for t in config.things]
         self.status.details["devices"] = [d.state for d in self.devices]
         self.status.details["requests_per_scan"] = len(groups)
+        self._once = OnceLogger(log)
 
     async def scan(self) -> list[dict[str, Any]]:
         results = await asyncio.gather(*(d.read() for d in self.devices))
@@ -168,16 +172,38 @@ class ModbusTcpAdapter(Adapter):
                 out.append(reading(thing_key, ts, data))
         return out
 
+    def _report_devices(self) -> None:
+        """One line when a device stops answering (each device on its own), one when it
+        answers again; the service is degraded while any is down."""
+        down = []
+        for d in self.devices:
+            key = f"device:{d.config.name}"
+            where = f"device {d.config.name} at {d.state['address']} (unit {d.config.unit_id})"
+            if d.state["connected"]:
+                self._once.resolve(key, "services '%s': %s answers again", self.config.name, where)
+                continue
+            down.append(d.config.name)
+            self._once.log(
+                key,
+                "services '%s': %s does not answer: %s; %s",
+                self.config.name,
+                where,
+                d.state["last_error"],
+                self.hint,
+            )
+        if down:
+            self.status.error(
+                f"devices not answering: {', '.join(down)}", "degraded", announce=False
+            )
+        else:
+            self.status.ok("running")
+
     async def run(self) -> None:
         self.status.state = "running"
         try:
             async for _ in ticks(self.config.scan_interval_ms / 1000):
                 readings = await self.scan()
-                down = [d.config.name for d in self.devices if not d.state["connected"]]
-                if down:
-                    self.status.error(f"devices not answering: {', '.join(down)}", "degraded")
-                else:
-                    self.status.ok("running")
+                self._report_devices()
                 if readings:
                     try:
                         await self.sink(readings)
