@@ -3,11 +3,14 @@ path that is no data directory, and a second instance that brings a different co
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import signal
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -83,6 +86,36 @@ def test_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
         assert line["time"].endswith("+00:00") and "T" in line["time"]
     started = next(x for x in lines if x["message"].startswith("master: epoch 1"))
     assert started["level"] == "info" and started["logger"] == "datonis_edge.supervisor"
+
+
+def test_with_json_logs_a_start_error_is_a_json_record_too(tmp_path: Path) -> None:
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump(_config()))
+    with socket_taken() as port:
+        out = subprocess.run(
+            [EDGE, "run", "--datadirpath", str(tmp_path / "d"), "--http-port", str(port)],
+            env={
+                **os.environ,
+                "DATONIS_EDGE_CONFIG": str(config),
+                "DATONIS_EDGE_LOG_FORMAT": "json",
+                "DATONIS_EDGE_HTTP_HOST": "127.0.0.1",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 2
+    records = [orjson.loads(line) for line in out.stderr.splitlines() if line.strip()]
+    error = records[-1]
+    assert error["level"] == "error" and "already in use" in error["message"], records
+
+
+@contextlib.contextmanager
+def socket_taken() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield s.getsockname()[1]
 
 
 def test_json_lines_carry_the_extra_fields() -> None:

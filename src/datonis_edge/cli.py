@@ -44,8 +44,19 @@ DataDir = Annotated[
 ]
 
 
+_json_logs = False  # --log-format json: errors are log records too, for the log shipper
+
+
+def say_error(message: str) -> None:
+    """One error line for the user: plain text, or a JSON log record with --log-format json."""
+    if _json_logs:
+        log.error("%s", message)
+    else:
+        typer.echo(message, err=True)
+
+
 def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    say_error(f"error: {message}")
     return typer.Exit(code)
 
 
@@ -70,6 +81,8 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     if problem:
         raise fail(problem)
     logs.setup(level, fmt)
+    global _json_logs
+    _json_logs = fmt.lower() == "json"
 
 
 def _check_datadir(datadir: Path) -> None:
@@ -101,7 +114,7 @@ def _import_config(datadir: Path, source: Path | None) -> Config:
         raise fail(str(exc)) from None
     except ConfigError as exc:
         for line in exc.problems:
-            typer.echo(line, err=True)
+            say_error(line)
         raise typer.Exit(EXIT_CONFIG) from None
 
 
