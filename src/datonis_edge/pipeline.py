@@ -156,10 +156,6 @@ class Pipeline:
             self.parts.start(part)
         self.state = "running"
 
-    async def wait_ready(self, timeout: float = 10) -> None:
-        """Until every adapter accepts input (listeners bound, subscriptions made)."""
-        await asyncio.wait_for(asyncio.gather(*(a.ready() for a in self.adapters)), timeout)
-
     async def stop(self, flush_timeout: float = STOP_FLUSH_S) -> None:
         """Stop taking input, let the requests on the wire finish briefly (retries are
         abandoned at once), close the uplink and the outbox. What was not delivered stays

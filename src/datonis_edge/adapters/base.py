@@ -79,9 +79,6 @@ class Adapter(ABC):
     async def run(self) -> None:
         """Read until cancelled. Errors of the device are reported in status and retried."""
 
-    async def ready(self) -> None:  # noqa: B027 - optional hook
-        """Return once the adapter accepts input (listeners: bound). Default: at once."""
-
 
 def _adapter(name: str, config: str, adapter: str) -> Plugin:
     return Plugin(name, f"{name}.config:{config}", f"{name}.adapter:{adapter}", __package__)

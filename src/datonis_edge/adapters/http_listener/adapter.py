@@ -12,7 +12,6 @@ A bare ASGI app rather than a framework route: this is the hot path of bulk inge
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -104,12 +103,8 @@ class HttpListenerAdapter(Adapter):
         self.config: HttpListenerService = config
         self._keys = {k.access_key: k.secret_key.get_secret_value() for k in config.keys}
         self._sock: socket.socket | None = None
-        self._bound = asyncio.Event()
         self._once = OnceLogger(log)
         self.status.details.update({"host": config.host, "port": config.port})
-
-    async def ready(self) -> None:
-        await self._bound.wait()
 
     def bind(self) -> None:
         """Bind the port now, so that a port already in use is reported at start."""
@@ -122,7 +117,6 @@ class HttpListenerAdapter(Adapter):
         self.bind()
         assert self._sock is not None
         self.status.state = "listening"
-        self._bound.set()
         await serve_app(self.app, self._sock, self.config.limits, f"services '{self.config.name}'")
 
     # ------------------------------------------------------------------ ASGI

@@ -153,7 +153,6 @@ class MqttListenerAdapter(Adapter):
         self.config: MqttListenerService = config
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
-        self._subscribed = asyncio.Event()
         self._once = OnceLogger(log)  # at most one line a minute for each kind of fault
         self._malformed = (
             MalformedFile(workdir / "malformed" / f"{_file_name(config.name)}.jsonl")
@@ -163,9 +162,6 @@ class MqttListenerAdapter(Adapter):
         self.status.details.update(
             {"broker": f"{config.host}:{config.port}", "topics": list(config.topics)}
         )
-
-    async def ready(self) -> None:
-        await self._subscribed.wait()
 
     def _client(self) -> mqtt.Client:
         cfg = self.config
@@ -181,7 +177,6 @@ class MqttListenerAdapter(Adapter):
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -192,9 +187,6 @@ class MqttListenerAdapter(Adapter):
             return
         self._call(self.status.ok, "connected")
         client.subscribe([(t, int(self.config.qos)) for t in self.config.topics])
-
-    def _on_subscribe(self, *_args: Any) -> None:
-        self._call(self._subscribed.set)
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         self._call(

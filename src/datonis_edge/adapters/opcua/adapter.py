@@ -84,7 +84,6 @@ class OpcUaAdapter(Adapter):
         super().__init__(config, sink, workdir)
         self.config: OpcUaService = config
         self._things = [(t.thing_key, t.tags_used()) for t in config.things]
-        self._ready = asyncio.Event()
         self.status.details.update(
             {
                 "endpoint": config.endpoint,
@@ -92,9 +91,6 @@ class OpcUaAdapter(Adapter):
                 "security": f"{config.security_policy}/{config.security_mode}",
             }
         )
-
-    async def ready(self) -> None:
-        await self._ready.wait()
 
     # ------------------------------------------------------------------ session
 
@@ -170,7 +166,6 @@ class OpcUaAdapter(Adapter):
             self.status.error(f"cannot subscribe to {', '.join(bad)}")
         self.status.details["mode_in_use"] = "subscription"
         self.status.ok("connected")
-        self._ready.set()
         while True:
             try:
                 first = await asyncio.wait_for(queue.get(), 1.0)
@@ -192,7 +187,6 @@ class OpcUaAdapter(Adapter):
     async def _poll(self, client: Client, nodes: list[Any]) -> None:
         self.status.details["mode_in_use"] = "polling"
         self.status.ok("connected")
-        self._ready.set()
         async for _ in ticks(self.config.scan_interval_ms / 1000):
             dvs = await asyncio.wait_for(
                 client.read_attributes(nodes), self.config.timeout_ms / 1000
