@@ -118,6 +118,13 @@ def socket_taken() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
+def test_a_json_log_line_stays_one_line_whatever_the_message_holds() -> None:
+    record = logging.makeLogRecord({"msg": "topic a\u2028b\u0085c\u2029d", "levelname": "WARNING"})
+    line = JsonFormatter().format(record)
+    assert len(line.splitlines()) == 1
+    assert orjson.loads(line)["message"] == "topic a\u2028b\u0085c\u2029d"
+
+
 def test_json_lines_carry_the_extra_fields() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -43,6 +43,23 @@ def format_problem(fmt: str) -> str | None:
     return f"--log-format '{fmt}' is not a log format; use one of {', '.join(FORMATS)}"
 
 
+# UTF-8 is self-synchronizing: these bytes are those characters and nothing else
+_LINE_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
+def json_line(record: dict[str, Any]) -> bytes:
+    """One JSON line that every line reader splits right: orjson leaves U+0085, U+2028 and
+    U+2029 raw, which Python's splitlines() (and JavaScript) take for line ends."""
+    line = orjson.dumps(record, default=str)
+    for raw, escaped in _LINE_BREAKS:
+        line = line.replace(raw, escaped)
+    return line + b"\n"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, then the record's extra fields."""
 
@@ -58,7 +75,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return json_line(out)[:-1].decode()  # the handler adds the newline
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

@@ -29,7 +29,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ...logs import OnceLogger
+from ...logs import OnceLogger, json_line
 from ...readings import MAX_DEPTH, InvalidReading, check_reading
 from ..base import Adapter, ReadingSink, Rejected
 from .config import MqttListenerService
@@ -85,7 +85,7 @@ class MalformedFile:
         self.path = path
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        lines = b"".join(_json_line(r) for r in records)
+        lines = b"".join(json_line(r) for r in records)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             size = self.path.stat().st_size
@@ -104,23 +104,6 @@ class MalformedFile:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-
-def _json_line(record: dict[str, Any]) -> bytes:
-    """One JSON line that every line reader splits right: orjson leaves U+0085, U+2028 and
-    U+2029 raw, which Python's splitlines() (and JavaScript) take for line ends."""
-    line = orjson.dumps(record)
-    for raw, escaped in _LINE_BREAKS:
-        line = line.replace(raw, escaped)
-    return line + b"\n"
-
-
-# UTF-8 is self-synchronizing: these bytes are those characters and nothing else
-_LINE_BREAKS = (
-    (b"\xc2\x85", b"\\u0085"),
-    (b"\xe2\x80\xa8", b"\\u2028"),
-    (b"\xe2\x80\xa9", b"\\u2029"),
-)
 
 
 def malformed_record(
