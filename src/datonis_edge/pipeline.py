@@ -24,11 +24,19 @@ from .store.declined import DeclinedStore
 from .store.outbox import DiskFull, Outbox, OutboxClosed, OutboxFull
 from .supervision import Parts
 from .things.mapping import ThingMap
-from .uplinks import make_uplink
+from .uplinks import REGISTRY, make_uplink
 
 log = logging.getLogger(__name__)
 
 STOP_FLUSH_S = 1.5  # a clean stop lets requests on the wire finish this long, then cancels
+
+
+def preload(config: Config) -> None:
+    """Import the code of the configured adapters and uplink (the registries load it lazily)."""
+    REGISTRY[config.cloud.protocol].load()
+    for svc in config.services:
+        if svc.enabled:
+            adapter_class(svc.type)
 
 
 class ServiceSink:

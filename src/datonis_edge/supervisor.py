@@ -27,7 +27,7 @@ from typing import Any
 from . import __version__
 from .ha.lock import DataDirLock
 from .ha.state import HaFiles
-from .pipeline import Pipeline
+from .pipeline import Pipeline, preload
 from .root_config import Config, ConfigError, load_config
 from .status import Alerts
 from .store.declined import DeclinedStore
@@ -122,6 +122,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        # import the configured protocols' code now (aiohttp, pymodbus, asyncua take tens of
+        # ms each), so that a standby that takes over does not pay for it then
+        preload(self.config)
         try:
             if await self._wait_for_lock():
                 await self._be_master()
