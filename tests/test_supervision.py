@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from datonis_edge import supervision
-from datonis_edge.forwarder import Backoff
+from datonis_edge.backoff import Backoff
 from datonis_edge.pipeline import Pipeline
 from datonis_edge.root_config import parse_config
 from datonis_edge.status import Alerts, PartStatus

@@ -33,11 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from typing import Any
 
+from .backoff import Backoff
 from .config.models import CloudBase
 from .logs import OnceLogger
 from .metrics import UPLINK_REQUEST_SECONDS, UPLINK_RETRIES
@@ -52,23 +52,6 @@ log = logging.getLogger(__name__)
 
 # an uplink that raised on the same batch this often is failing on the batch, not the network
 LOCAL_ERROR_ATTEMPTS = 3
-
-
-class Backoff:
-    """Exponential backoff with full jitter, capped."""
-
-    def __init__(self, first_s: float, cap_s: float) -> None:
-        self.first = first_s
-        self.cap = cap_s
-        self.attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.first * (2**self.attempt))
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Forwarder:

@@ -160,8 +160,7 @@ class Pipeline:
         self.outbox.changed = asyncio.Event()
         self.declined.ensure()
         await self.uplink.start()
-        for part in list(self.parts._parts):
-            self.parts.start(part)
+        self.parts.start_all()
         self.state = "running"
 
     async def stop(self, flush_timeout: float = STOP_FLUSH_S) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from .forwarder import Backoff
+from .backoff import Backoff
 from .logs import OnceLogger
 from .serving import PortError
 from .status import Alerts, PartStatus
@@ -69,6 +69,10 @@ class Parts:
         part = self._parts[name]
         part.task = asyncio.create_task(self._supervise(part), name=name)
         part.task.add_done_callback(self._task_done)
+
+    def start_all(self) -> None:
+        for name in self._parts:
+            self.start(name)
 
     async def cancel(self, names: list[str] | None = None) -> None:
         """Cancel the named parts (all when None) and wait until they have ended."""
