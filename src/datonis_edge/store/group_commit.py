@@ -2,7 +2,11 @@
 meanwhile as one transaction with one commit (one fsync), then wakes every waiter.
 
 The queue is the batching: while one commit's fsync runs, new operations pile up and go
-together in the next. What an operation means is the caller's business (`run_ops`); this
+together in the next. At low rates that is not enough (each append arrives alone, a fsync
+each), so appends that come frequently wait a moment for company (`_gather`: the commit
+window, at most WINDOW_S after the first arrived); a lone append after a pause commits at
+once, and a window that catches nothing makes the next ones rarer (a producer that waits
+for each commit gains nothing from it). An append's waiter is woken only after its commit. What an operation means is the caller's business (`run_ops`); this
 module knows transactions, isolation of a failing operation, and waking waiters.
 
 The thread never dies of a failing operation: a group that fails is rolled back and its
@@ -20,6 +24,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,13 +32,16 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP = 10_000
 IDLE_S = 1.0  # maintain() runs at least this often when nothing is queued
+WINDOW_S = 0.008  # the longest an append waits for company (well inside a 20 ms PUBACK budget)
+WINDOW_OPS = 64  # a group this large commits at once: the rate is high, the queue batches
+MAX_SKIP = 64  # after fruitless windows, up to this many groups commit without one
 
 
 class Op:
     """One queued operation: a function of the connection, or an append (payload, count,
     compact: whether the payload is orjson's array of objects, sent as stored)."""
 
-    __slots__ = ("append", "done", "error", "fn", "future", "loop", "result", "tag")
+    __slots__ = ("append", "at", "done", "error", "fn", "future", "loop", "result", "tag")
 
     def __init__(
         self,
@@ -50,6 +58,7 @@ class Op:
         self.error: BaseException | None = None
         self.done: threading.Event | None = None  # for callers without an event loop
         self.tag: Any = None  # what the owner needs to know of it after a failure
+        self.at = 0.0  # time.monotonic() when it was queued
 
 
 def _resolve(ops: list[Op]) -> None:
@@ -92,6 +101,10 @@ class GroupCommitThread:
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.commits = 0
+        self._last_at = 0.0  # when the last append was queued
+        self._gap = WINDOW_S  # mean time between appends (moving average)
+        self._skip = 0  # groups still to commit without a window
+        self._fruitless = 0  # windows in a row that caught nothing
 
     def start(self, connect: Callable[[], sqlite3.Connection]) -> None:
         """Open the connection on the thread (`connect` also recovers); raise what it raised."""
@@ -126,17 +139,20 @@ class GroupCommitThread:
     # ------------------------------------------------------------------ submitting
 
     def put(self, op: Op) -> None:
+        op.at = time.monotonic()
         self._queue.put(op)
 
     async def submit(self, op: Op) -> Any:
         loop = asyncio.get_running_loop()
         op.loop, op.future = loop, loop.create_future()
+        op.at = time.monotonic()
         self._queue.put(op)
         return await op.future
 
     def submit_sync(self, op: Op) -> Any:
         """For callers without an event loop (the CLI): waits for the commit."""
         op.done = threading.Event()
+        op.at = time.monotonic()
         self._queue.put(op)
         op.done.wait()
         if op.error is not None:
@@ -165,10 +181,61 @@ class GroupCommitThread:
                     stop = True
                     break
                 ops.append(nxt)
+            if not stop:
+                stop = self._gather(ops)
             self._run_group(conn, ops)
             self._maintain(conn)
         with contextlib.suppress(sqlite3.Error):  # a close on a full disk cannot checkpoint
             conn.close()
+
+    def _gather(self, ops: list[Op]) -> bool:
+        """The commit window: a small group of appends that follows others closely waits for
+        more appends, until WINDOW_S after its first was queued, or until none came for four times
+        the usual gap between them. A lone append after a pause, a group holding anything
+        but appends (a read, an ack) or a large group commits at once. True: stop was queued.
+        """
+        gap = ops[0].at - self._last_at
+        for op in ops:
+            self._arrived(op)
+        if (
+            len(ops) >= WINDOW_OPS
+            or gap > WINDOW_S  # idle before: a lone reading must not wait
+            or any(op.append is None for op in ops)
+        ):
+            return False
+        if self._skip > 0:  # the last windows caught nothing: the producers wait for us
+            self._skip -= 1
+            return False
+        deadline = ops[0].at + WINDOW_S
+        caught = 0
+        while len(ops) < WINDOW_OPS:
+            timeout = min(deadline - time.monotonic(), 4 * self._gap)
+            if timeout <= 0:
+                break
+            try:
+                nxt = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                break
+            if nxt is None:
+                return True
+            ops.append(nxt)
+            self._arrived(nxt)
+            caught += 1
+            if nxt.append is None:
+                break
+        if caught:
+            self._fruitless = 0
+        else:
+            self._fruitless += 1
+            self._skip = min(MAX_SKIP, 1 << min(self._fruitless, 6))
+        return False
+
+    def _arrived(self, op: Op) -> None:
+        if op.append is None:
+            return
+        gap = min(op.at - self._last_at, WINDOW_S)
+        self._gap += (max(gap, 0.0) - self._gap) / 8
+        self._last_at = op.at
 
     def _maintain(self, conn: sqlite3.Connection) -> None:
         try:

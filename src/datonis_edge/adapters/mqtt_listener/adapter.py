@@ -5,7 +5,8 @@ is durable in the outbox, and the session is persistent (clean_session off, a st
 id), so a message the gateway had not stored yet is redelivered after a crash or a failover.
 
 Payloads: an event `{"thing_key"?, "timestamp"?, "data": {...}}`, or a flat object of
-`tag: value` (with an optional "timestamp"). The thing_key comes from the payload, or from a
+`tag: value` (with an optional "timestamp"); the time's and the values' keys and the time's
+unit are configurable (ThingsBoard: `{"ts": ms, "values": {...}}` or flat with `ts`). The thing_key comes from the payload, or from a
 topic level (`thing_key_topic_level`). Each is checked by `readings.check_reading`, as every
 way in is. A message that fails (or whose handling fails in any way) is acknowledged all the
 same, so that the broker does not send it again and again: it is counted as `malformed`, logged
@@ -37,6 +38,9 @@ from .config import MqttListenerService
 log = logging.getLogger(__name__)
 
 
+MAX_BATCHES_IN_FLIGHT = 64
+"""Batches of messages stored and not yet acknowledged at once (each waits for its commit)."""
+
 MALFORMED_MAX_BYTES = 10 << 20
 """A service's malformed/ file is rotated to `.1` beyond this size; one old file is kept."""
 
@@ -44,10 +48,34 @@ MALFORMED_MAX_PAYLOAD = 1 << 20
 """Bytes of a malformed payload kept for inspection; a longer one is cut (its size is noted)."""
 
 
+TO_MS: dict[str, float] = {"s": 1000, "ms": 1, "us": 1 / 1000, "ns": 1 / 1_000_000}
+"""What one unit of `timestamp_unit` is in milliseconds."""
+
+
+def to_ms(ts: Any, unit: str) -> Any:
+    """A payload's time in `unit` as epoch ms; anything but a number is left to the check."""
+    if unit == "ms" or type(ts) not in (int, float):
+        return ts
+    if type(ts) is int and unit != "s":
+        return ts // (1000 if unit == "us" else 1_000_000)  # exact, even beyond 2**53
+    ms = ts * TO_MS[unit]
+    return int(ms) if -1e300 < ms < 1e300 else ms  # inf/nan: the check says what is wrong
+
+
 def parse_payload(
-    topic: str, payload: bytes | bytearray, topic_level: int | None, now_ms: int
+    topic: str,
+    payload: bytes | bytearray,
+    topic_level: int | None,
+    now_ms: int,
+    timestamp_key: str = "timestamp",
+    timestamp_unit: str = "ms",
+    data_key: str = "data",
 ) -> dict[str, Any]:
-    """The reading in one message, checked by `readings.check_reading`; raises InvalidReading."""
+    """The reading in one message, checked by `readings.check_reading`; raises InvalidReading.
+
+    The time is the payload's `timestamp_key` in `timestamp_unit` (ThingsBoard: `ts`, ms),
+    never a datapoint; the values are under `data_key` (ThingsBoard: `values`), or, without
+    it, every other key of the object."""
     try:
         obj = orjson.loads(payload)
     except (ValueError, RecursionError) as exc:
@@ -68,12 +96,14 @@ def parse_payload(
         thing_key = obj.get("thing_key")
         if thing_key is None:
             raise InvalidReading("payload has no thing_key (or set thing_key_topic_level)")
-    if "data" in obj:
-        event = {"thing_key": thing_key, "timestamp": obj.get("timestamp"), "data": obj["data"]}
+    ts = to_ms(obj.get(timestamp_key), timestamp_unit)
+    if data_key in obj:
+        data = obj[data_key]
     else:
-        data = {k: v for k, v in obj.items() if k not in ("thing_key", "timestamp")}
-        event = {"thing_key": thing_key, "timestamp": obj.get("timestamp"), "data": data}
-    return check_reading(event, now_ms, where="payload")
+        data = {k: v for k, v in obj.items() if k != "thing_key" and k != timestamp_key}
+    return check_reading(
+        {"thing_key": thing_key, "timestamp": ts, "data": data}, now_ms, where="payload"
+    )
 
 
 class MalformedFile:
@@ -191,26 +221,65 @@ class MqttListenerAdapter(Adapter):
         self.status.state = "connecting"
         client.connect_async(cfg.host, cfg.port, keepalive=30)
         client.loop_start()
+        # Batches are stored while earlier ones still wait for their commit, so that the
+        # outbox's commit window can join them; each is acknowledged after its own commit and
+        # after the batch before it (PUBACKs in the order the messages came).
+        room = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        stores: set[asyncio.Task[None]] = set()
+        previous: asyncio.Task[None] | None = None
+        failure: list[BaseException] = []
+        me = asyncio.current_task()
+
+        def settled(task: asyncio.Task[None]) -> None:
+            room.release()
+            stores.discard(task)
+            if not task.cancelled() and (exc := task.exception()) is not None and not failure:
+                failure.append(exc)  # a bug: the adapter fails (and restarts) as it did
+                if me is not None:
+                    me.cancel()
+
         try:
             while True:
                 first = await self._inbox.get()
                 batch = [first]
                 while not self._inbox.empty() and len(batch) < 5000:
                     batch.append(self._inbox.get_nowait())
-                await self._store(client, batch)
+                await room.acquire()
+                previous = asyncio.create_task(self._store(client, batch, previous))
+                stores.add(previous)
+                previous.add_done_callback(settled)
+        except asyncio.CancelledError:
+            if failure:
+                raise failure[0] from None
+            raise
         finally:
+            for task in stores:  # not acknowledged: the broker sends them again
+                task.cancel()
             client.disconnect()
             client.loop_stop()
 
-    async def _store(self, client: mqtt.Client, batch: list[mqtt.MQTTMessage]) -> None:
-        """Store what is valid, set aside what is not; then acknowledge every message."""
+    async def _store(
+        self,
+        client: mqtt.Client,
+        batch: list[mqtt.MQTTMessage],
+        previous: asyncio.Task[None] | None = None,
+    ) -> None:
+        """Store what is valid, set aside what is not; then, once the batch before is
+        acknowledged, acknowledge every message."""
         now = int(time.time() * 1000)
+        cfg = self.config
         good: list[tuple[mqtt.MQTTMessage, dict[str, Any]]] = []
         bad: list[tuple[mqtt.MQTTMessage, str]] = []
         for msg in batch:
             try:
                 reading = parse_payload(
-                    msg.topic, msg.payload, self.config.thing_key_topic_level, now
+                    msg.topic,
+                    msg.payload,
+                    cfg.thing_key_topic_level,
+                    now,
+                    cfg.timestamp_key,
+                    cfg.timestamp_unit,
+                    cfg.data_key,
                 )
                 good.append((msg, reading))
             except InvalidReading as exc:
@@ -222,6 +291,8 @@ class MqttListenerAdapter(Adapter):
         if bad:
             bad.sort(key=lambda item: batch.index(item[0]))  # in arrival order (bad is rare)
             await self._set_aside(bad, now)
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is its own; only its order matters
         for msg in batch:  # stored or set aside: acknowledge
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)

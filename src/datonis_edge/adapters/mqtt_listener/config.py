@@ -20,6 +20,11 @@ class MqttListenerService(ListenerBase):
     # Which topic level (0-based) holds the thing_key; None: the payload's "thing_key".
     thing_key_topic_level: int | None = Field(None, ge=0)
     qos: Literal[0, 1] = 1
+    # The payload's key of the event time and its unit (ThingsBoard: "ts", ms): never a datapoint.
+    timestamp_key: str = Field("timestamp", min_length=1)
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = "ms"
+    # The payload's key of the values (ThingsBoard: "values"); without it, the other keys are.
+    data_key: str = Field("data", min_length=1)
 
     @field_validator("topics")
     @classmethod
