@@ -172,6 +172,7 @@ class Mosquitto:
         self.proc = Proc([mosquitto_binary(), "-c", str(conf)], tmp / f"mosquitto-{self.port}.log")
 
     def start(self) -> Mosquitto:
+        """Start (again, after a stop: same port, same persistent store)."""
         self.proc.start()
         wait_port(self.port)
         return self

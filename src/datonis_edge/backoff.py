@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import random
 
+# while a platform or broker is unreachable, how often a cheap check (a TCP connect, an MQTT
+# client's reconnect) asks whether it is back: the first batch goes out within about this
+# long of its return, whatever the batch's backoff has grown to
+REACHABILITY_PROBE_S = 0.5
+
 
 class Backoff:
     """Exponential backoff with full jitter, capped."""

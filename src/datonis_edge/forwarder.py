@@ -6,7 +6,11 @@ DESIGN.md's outcome table lives here and nowhere else:
     DECLINED  → written to declined/ with status, reason and body, then ack; alert raised.
                 A 401 also backs the uplink off (the keys are probably wrong) and the next
                 batch is the probe: the moment the platform accepts again, batches flow.
-    RETRY     → the same batch again after Retry-After, or exponential backoff with jitter.
+    RETRY     → the same batch again after Retry-After, or exponential backoff with jitter,
+                capped by retry_max_backoff_ms. "Is it reachable" is apart from "send it
+                again": while a batch backs off after a connection failure, the uplink probes
+                cheaply and often (Uplink.wait_reachable) and the batch goes the moment the
+                endpoint is back; a 5xx or a timeout from a reachable platform waits it out.
 
 What fails on this side of the wire is no network fault and would fail forever, so it must
 not hold up the batches behind it (store/quarantine.py keeps it for inspection, replayable):
@@ -90,10 +94,17 @@ class Forwarder:
         if self.outbox.changed is not None:
             self.outbox.changed.set()  # wake a wait for more events
 
-    async def _stopped_within(self, delay: float) -> bool:
-        """Wait `delay` seconds; True at once if a stop was asked for meanwhile."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
+    async def _stopped_within(self, delay: float, until_reachable: bool = False) -> bool:
+        """Wait `delay` seconds (less with `until_reachable`, once the uplink's endpoint takes
+        connections again); True at once if a stop was asked for meanwhile."""
+        waits = [asyncio.ensure_future(self._stop.wait())]
+        if until_reachable:
+            waits.append(asyncio.ensure_future(self.uplink.wait_reachable()))
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
         return self._stop.is_set()
 
     # ------------------------------------------------------------------ the loop
@@ -226,7 +237,9 @@ class Forwarder:
             self.status.error(f"{outcome.reason}; retrying in {delay:.1f} s", "retrying")
             self.status.count("retries")
             UPLINK_RETRIES.labels(self.uplink.status.name).inc()
-            if await self._stopped_within(delay):
+            # a Retry-After is the platform's own word: kept; a backoff ends early once the
+            # uplink, found unreachable, takes connections again (its cheap probe says so)
+            if await self._stopped_within(delay, until_reachable=wait is None):
                 return None
 
     def _uplink_raised(self, batch: Batch, exc: Exception, times: int) -> Outcome:

@@ -9,6 +9,7 @@ fail the same way forever: that is a local DECLINED (`local_decline`), kept for 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from abc import ABC, abstractmethod
 from typing import Any
@@ -51,6 +52,15 @@ class Uplink(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Close promptly: a request still on the wire is abandoned (its batch stays queued)."""
+
+    async def wait_reachable(self) -> None:
+        """Return once the endpoint, found unreachable by the last send, takes connections
+        again. The forwarder races this against a retry's backoff, so the first batch goes
+        out as soon as the platform is back rather than when the backoff ends. Never returns
+        when the last failure came from a reachable endpoint (a 5xx, a timeout): those keep
+        their backoff. Cheap checks only (a TCP connect, a client's own reconnect), never a
+        request the platform would count."""
+        await asyncio.Event().wait()
 
     @abstractmethod
     async def send(self, batch: Batch) -> Outcome:

@@ -8,14 +8,18 @@ interleaved and duplicates can be counted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import time
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 import orjson
 
+from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
 from ...protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, sign
 from ..base import Uplink, local_decline, redact_url
@@ -82,6 +86,11 @@ class DatonisHttpUplink(Uplink):
         self._secret = cloud.secret_key.get_secret_value().encode()
         self._session: aiohttp.ClientSession | None = None
         self._base = cloud.endpoint.rstrip("/")
+        url = urlparse(cloud.endpoint)
+        self._host = url.hostname or "127.0.0.1"
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._unreachable = False  # the last request could not even connect
+        self._probe: asyncio.Task[None] | None = None
         self.status.details["endpoint"] = shown
 
     async def start(self) -> None:
@@ -95,6 +104,8 @@ class DatonisHttpUplink(Uplink):
         self.status.state = "ready"
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         # closing the session aborts what is still on the wire; those batches stay queued
         if self._session is not None:
             session, self._session = self._session, None
@@ -112,17 +123,48 @@ class DatonisHttpUplink(Uplink):
         try:
             async with self._session.post(self._base + path, data=body, headers=headers) as resp:
                 text = await resp.text(errors="replace")
+                self._unreachable = False
                 return outcome_for(resp.status, text, resp.headers.get("Retry-After"))
         except TimeoutError:
             return Outcome(
                 OutcomeKind.RETRY, None, f"no answer within {self.cloud.request_timeout_ms} ms"
             )
         except (aiohttp.ClientError, OSError) as exc:
+            # no TCP connection at all (refused, no route): the probe may shorten the wait; a
+            # TLS failure connects fine and would only fail again, so it keeps its backoff
+            self._unreachable = isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+                exc, aiohttp.ClientSSLError
+            )
             return Outcome(
                 OutcomeKind.RETRY,
                 None,
                 redact_url(f"connection error: {exc.__class__.__name__}: {exc}"),
             )
+
+    async def wait_reachable(self) -> None:
+        """A TCP connect to the endpoint every REACHABILITY_PROBE_S until one succeeds
+        (one probe shared by every batch waiting); no request reaches the platform."""
+        if not self._unreachable:
+            await asyncio.Event().wait()
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_until_connected())
+        await asyncio.shield(self._probe)
+
+    async def _probe_until_connected(self) -> None:
+        while True:
+            await asyncio.sleep(REACHABILITY_PROBE_S)
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self._host, self._port),
+                    max(REACHABILITY_PROBE_S, self.cloud.request_timeout_ms / 1000),
+                )
+            except (OSError, TimeoutError):
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            self._unreachable = False
+            return
 
     async def send(self, batch: Batch) -> Outcome:
         try:  # the events as the outbox stored them, byte for byte

@@ -5,12 +5,19 @@ per thing, all awaited). The payload is `{"events": [...], "epoch": e, "batch_id
 events in it the bytes the outbox stored.
 Alerts go to `alerts_topic` and heartbeats to `heartbeat_topic` the same way, delivered only
 on their PUBACK. `mqtt://user:password@host:port` is accepted; the status shows `***@host`.
+
+A lost broker is reconnected by paho's own loop, first after REACHABILITY_PROBE_S and then
+every second at most (never slower than `retry_max_backoff_ms`): an attempt on a dead broker is
+one refused TCP connect, and the first batch goes out within about a second of its return. A
+broker that answers but refuses the CONNECT (credentials) is retried with the usual backoff,
+capped by `retry_max_backoff_ms`. A drop and its recovery are logged once each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from typing import Any
@@ -20,11 +27,15 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
 from ..base import Uplink, local_decline, redact_url
 from .config import MqttBrokerCloud
 
+log = logging.getLogger(__name__)
+
 CLOSE_WAIT_S = 1.0  # the network thread is a daemon: a stop does not wait longer for it
+RECONNECT_EVERY_S = 1.0  # a reconnect to an unreachable broker: one TCP connect, cheap
 
 
 class MqttBrokerUplink(Uplink):
@@ -45,6 +56,9 @@ class MqttBrokerUplink(Uplink):
         self._early: set[int] = set()
         self._abandoned: set[int] = set()
         self._connected = asyncio.Event()
+        self._unreachable = False  # the last publish found no connection
+        self._dropped = False  # a drop was logged; its recovery is logged once
+        self._refused = False  # the broker refuses the CONNECT: back off, do not hammer it
         self.status.details["broker"] = f"{self.host}:{self.port}"
 
     async def start(self) -> None:
@@ -58,7 +72,7 @@ class MqttBrokerUplink(Uplink):
             client.username_pw_set(self.username, self.password)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._quick_reconnects(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -80,18 +94,52 @@ class MqttBrokerUplink(Uplink):
         while stopper.is_alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+    def _cap_s(self) -> float:
+        return self.cloud.retry_max_backoff_ms / 1000
+
+    def _quick_reconnects(self, client: mqtt.Client) -> None:
+        every = min(RECONNECT_EVERY_S, self._cap_s())
+        client.reconnect_delay_set(min_delay=min(REACHABILITY_PROBE_S, every), max_delay=every)
+
+    # paho calls these on its network thread, once per connect, refusal or drop (not per
+    # failed reconnect attempt): state goes to the event loop, the logs say it once per drop
+
+    def _on_connect(self, client: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         assert self._loop is not None
         if rc.is_failure:
+            if not self._refused:  # set once: paho's delay then doubles up to the cap
+                self._refused = True
+                client.reconnect_delay_set(min_delay=1, max_delay=max(1, self._cap_s()))
+                log.warning(
+                    "broker %s:%s refused the connection (%s); check the username and "
+                    "password; retrying with backoff, events stay in the outbox",
+                    self.host,
+                    self.port,
+                    rc,
+                )
             self._loop.call_soon_threadsafe(
                 self.status.error, f"broker refused: {rc}", "disconnected"
             )
             return
+        if self._refused:
+            self._refused = False
+            self._quick_reconnects(client)
+        if self._dropped:
+            self._dropped = False
+            log.info("broker %s:%s connected again", self.host, self.port)
         self._loop.call_soon_threadsafe(self._connected.set)
         self._loop.call_soon_threadsafe(self.status.ok, "connected")
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         assert self._loop is not None
+        if self._client is not None and not self._dropped and not self._refused:
+            self._dropped = True
+            log.warning(
+                "lost the connection to broker %s:%s (%s); reconnecting, events stay in the outbox",
+                self.host,
+                self.port,
+                rc,
+            )
         self._loop.call_soon_threadsafe(self._connected.clear)
         self._loop.call_soon_threadsafe(self.status.error, f"disconnected ({rc})", "disconnected")
 
@@ -172,6 +220,7 @@ class MqttBrokerUplink(Uplink):
                 await asyncio.wait_for(self._connected.wait(), timeout)
         client = self._client
         if client is None or not self._connected.is_set():
+            self._unreachable = True
             return Outcome(
                 OutcomeKind.RETRY, None, f"not connected to broker {self.host}:{self.port}"
             )
@@ -207,6 +256,13 @@ class MqttBrokerUplink(Uplink):
             self._abandon(mids)
             raise
         return Outcome(OutcomeKind.DELIVERED)
+
+    async def wait_reachable(self) -> None:
+        """Once paho's own reconnect (see the module's docstring) is connected again."""
+        if not self._unreachable:
+            await asyncio.Event().wait()
+        await self._connected.wait()
+        self._unreachable = False
 
     def _abandon(self, mids: list[int]) -> None:
         with self._lock:
