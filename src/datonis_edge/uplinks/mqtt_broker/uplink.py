@@ -10,7 +10,9 @@ A lost broker is reconnected by paho's own loop, first after REACHABILITY_PROBE_
 every second at most (never slower than `retry_max_backoff_ms`): an attempt on a dead broker is
 one refused TCP connect, and the first batch goes out within about a second of its return. A
 broker that answers but refuses the CONNECT (credentials) is retried with the usual backoff,
-capped by `retry_max_backoff_ms`. A drop and its recovery are logged once each.
+capped by `retry_max_backoff_ms`. A drop and its recovery are logged once each, by the
+forwarder (the first batch that finds no connection, the first one delivered again); only a
+refused CONNECT, whose fix is here, is logged here, once.
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ class MqttBrokerUplink(Uplink):
         self._abandoned: set[int] = set()
         self._connected = asyncio.Event()
         self._unreachable = False  # the last publish found no connection
-        self._dropped = False  # a drop was logged; its recovery is logged once
         self._refused = False  # the broker refuses the CONNECT: back off, do not hammer it
         self.status.details["broker"] = f"{self.host}:{self.port}"
 
@@ -102,7 +103,7 @@ class MqttBrokerUplink(Uplink):
         client.reconnect_delay_set(min_delay=min(REACHABILITY_PROBE_S, every), max_delay=every)
 
     # paho calls these on its network thread, once per connect, refusal or drop (not per
-    # failed reconnect attempt): state goes to the event loop, the logs say it once per drop
+    # failed reconnect attempt): state goes to the event loop
 
     def _on_connect(self, client: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         assert self._loop is not None
@@ -124,22 +125,11 @@ class MqttBrokerUplink(Uplink):
         if self._refused:
             self._refused = False
             self._quick_reconnects(client)
-        if self._dropped:
-            self._dropped = False
-            log.info("broker %s:%s connected again", self.host, self.port)
         self._loop.call_soon_threadsafe(self._connected.set)
         self._loop.call_soon_threadsafe(self.status.ok, "connected")
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         assert self._loop is not None
-        if self._client is not None and not self._dropped and not self._refused:
-            self._dropped = True
-            log.warning(
-                "lost the connection to broker %s:%s (%s); reconnecting, events stay in the outbox",
-                self.host,
-                self.port,
-                rc,
-            )
         self._loop.call_soon_threadsafe(self._connected.clear)
         self._loop.call_soon_threadsafe(self.status.error, f"disconnected ({rc})", "disconnected")
 
