@@ -11,6 +11,7 @@ import delivery
 import failover
 import ingest
 import modbus
+import reconnect
 import simulator
 
 if __name__ == "__main__":
@@ -26,5 +27,8 @@ if __name__ == "__main__":
     delivery.to_platform(backlog, 2000)
     delivery.to_mosquitto(backlog, 500)
     failover.run(5 if quick else 20)
+    reconnect.run(20)
+    if not quick:
+        reconnect.run(120)
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
