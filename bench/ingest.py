@@ -77,10 +77,18 @@ def run(shape: str, connections: int, per_post: int, seconds: int = 10) -> dict:
     )
 
 
+SHAPES = {
+    "bulk": ("bulk 4x500", 4, 500),
+    "single16": ("single 16 clients", 16, 1),
+    "single64": ("single 64 clients", 64, 1),
+}
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Ingestion through the http_listener (wrk).")
     parser.add_argument("seconds", nargs="?", type=int, default=10, help="per shape (10)")
-    seconds = parser.parse_args().seconds
-    run("bulk 4x500", 4, 500, seconds)
-    run("single 16 clients", 16, 1, seconds)
-    run("single 64 clients", 64, 1, seconds)
+    parser.add_argument("--only", choices=sorted(SHAPES), action="append", help="these shapes")
+    parser.add_argument("--label", default="", help="added to the name, e.g. before / after")
+    args = parser.parse_args()
+    for key in args.only or SHAPES:
+        shape, connections, per_post = SHAPES[key]
+        run(f"{shape} {args.label}".strip(), connections, per_post, args.seconds)

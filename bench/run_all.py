@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import commit_window
 import delivery
 import failover
 import ingest
@@ -20,6 +21,8 @@ if __name__ == "__main__":
     ingest.run("bulk 4x500", 4, 500, seconds)
     ingest.run("single 16 clients", 16, 1, seconds)
     ingest.run("single 64 clients", 64, 1, seconds)
+    for rate in (500, 2000, 3000):
+        commit_window.run(rate, seconds)
     simulator.run(seconds=5 if quick else 15)
     backlog = 100_000 if quick else 1_000_000
     delivery.to_platform(min(backlog, 200_000), 25)

@@ -3,6 +3,7 @@ path each reason names, and the fast path for parsed JSON proven equal to the ex
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import math
@@ -686,3 +687,35 @@ async def test_a_malformed_message_that_cannot_be_kept_is_still_acked_and_said_o
     assert adapter.status.counters == {"messages": 1, "malformed": 2}
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "cannot keep malformed messages" in errors[0]
+
+
+async def test_batches_stored_meanwhile_are_acked_in_order_and_only_once_stored(
+    tmp_path: Path,
+) -> None:
+    """The listener stores a batch while the one before waits for its commit; a later batch
+    whose commit comes first waits for the earlier one's PUBACK."""
+    from datonis_edge.adapters.mqtt_listener.config import MqttListenerService
+
+    commits: dict[int, asyncio.Future[None]] = {}
+
+    async def slow_sink(
+        readings: list[dict[str, Any]], raw: bytes | None = None, checked: bool = False
+    ) -> int:
+        v = readings[0]["data"]["v"]
+        commits[v] = asyncio.get_running_loop().create_future()
+        await commits[v]
+        return len(readings)
+
+    config = MqttListenerService(type="mqtt_listener", name="m", thing_key_topic_level=1)
+    adapter = mqtt_listener.MqttListenerAdapter(config, slow_sink, workdir=tmp_path)
+    client = _Client()
+    first = asyncio.create_task(adapter._store(client, [_message(1, b'{"v": 1}')]))  # type: ignore[arg-type]
+    second = asyncio.create_task(adapter._store(client, [_message(2, b'{"v": 2}')], first))  # type: ignore[arg-type]
+    while len(commits) < 2:  # both are being stored at once
+        await asyncio.sleep(0)
+    commits[2].set_result(None)
+    await asyncio.sleep(0.01)
+    assert client.acked == []  # stored, but the message before it is not: no PUBACK yet
+    commits[1].set_result(None)
+    await asyncio.gather(first, second)
+    assert client.acked == [1, 2]

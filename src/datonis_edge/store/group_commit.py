@@ -5,7 +5,7 @@ The queue is the batching: while one commit's fsync runs, new operations pile up
 together in the next. At low rates that is not enough (each append arrives alone, a fsync
 each), so appends that come frequently wait a moment for company (`_gather`: the commit
 window, at most WINDOW_S after the first arrived); a lone append after a pause commits at
-once, and a window that catches nothing makes the next ones rarer (a producer that waits
+once, and a window that catches little makes the next ones rarer (a producer that waits
 for each commit gains nothing from it). An append's waiter is woken only after its commit. What an operation means is the caller's business (`run_ops`); this
 module knows transactions, isolation of a failing operation, and waking waiters.
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 MAX_GROUP = 10_000
 IDLE_S = 1.0  # maintain() runs at least this often when nothing is queued
 WINDOW_S = 0.008  # the longest an append waits for company (well inside a 20 ms PUBACK budget)
-WINDOW_OPS = 64  # a group this large commits at once: the rate is high, the queue batches
+WINDOW_EVENTS = 64  # a group this large commits at once: the rate is high, the queue batches
 MAX_SKIP = 64  # after fruitless windows, up to this many groups commit without one
 
 
@@ -103,6 +103,7 @@ class GroupCommitThread:
         self.commits = 0
         self._last_at = 0.0  # when the last append was queued
         self._gap = WINDOW_S  # mean time between appends (moving average)
+        self._per_op = 1.0  # mean events per append (moving average)
         self._skip = 0  # groups still to commit without a window
         self._fruitless = 0  # windows in a row that caught nothing
 
@@ -190,25 +191,29 @@ class GroupCommitThread:
 
     def _gather(self, ops: list[Op]) -> bool:
         """The commit window: a small group of appends that follows others closely waits for
-        more appends, until WINDOW_S after its first was queued, or until none came for four times
-        the usual gap between them. A lone append after a pause, a group holding anything
-        but appends (a read, an ack) or a large group commits at once. True: stop was queued.
-        """
+        more, until WINDOW_S after its first was queued, until none came for four times the
+        usual gap between appends, or until WINDOW_EVENTS events. A lone append after a pause,
+        a group holding anything but appends (a read, an ack), a large one, or any at a rate
+        above WINDOW_EVENTS per WINDOW_S (where the queue batches by itself) commits at once.
+        A window that did not at least double its group (producers that wait for their
+        commit, as HTTP clients do) makes the next ones rarer. True: stop was queued."""
         gap = ops[0].at - self._last_at
+        events = 0
         for op in ops:
             self._arrived(op)
+            events += op.append[1] if op.append is not None else WINDOW_EVENTS
         if (
-            len(ops) >= WINDOW_OPS
+            events >= WINDOW_EVENTS
             or gap > WINDOW_S  # idle before: a lone reading must not wait
-            or any(op.append is None for op in ops)
+            or self._gap < self._per_op * WINDOW_S / WINDOW_EVENTS  # a high rate: the queue batches
         ):
             return False
-        if self._skip > 0:  # the last windows caught nothing: the producers wait for us
+        if self._skip > 0:  # the last windows caught little: the producers wait for us
             self._skip -= 1
             return False
         deadline = ops[0].at + WINDOW_S
-        caught = 0
-        while len(ops) < WINDOW_OPS:
+        before = len(ops)
+        while events < WINDOW_EVENTS:
             timeout = min(deadline - time.monotonic(), 4 * self._gap)
             if timeout <= 0:
                 break
@@ -220,10 +225,10 @@ class GroupCommitThread:
                 return True
             ops.append(nxt)
             self._arrived(nxt)
-            caught += 1
             if nxt.append is None:
                 break
-        if caught:
+            events += nxt.append[1]
+        if len(ops) >= 2 * before:
             self._fruitless = 0
         else:
             self._fruitless += 1
@@ -235,6 +240,7 @@ class GroupCommitThread:
             return
         gap = min(op.at - self._last_at, WINDOW_S)
         self._gap += (max(gap, 0.0) - self._gap) / 8
+        self._per_op += (op.append[1] - self._per_op) / 8
         self._last_at = op.at
 
     def _maintain(self, conn: sqlite3.Connection) -> None:
