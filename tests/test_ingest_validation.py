@@ -719,3 +719,29 @@ async def test_batches_stored_meanwhile_are_acked_in_order_and_only_once_stored(
     commits[1].set_result(None)
     await asyncio.gather(first, second)
     assert client.acked == [1, 2]
+
+
+async def test_a_bug_in_storing_a_batch_fails_the_listener_so_that_it_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are stored in tasks of their own; a bug in one must not be swallowed there (its
+    messages would stay unacknowledged until a reconnect): run() fails with it, as before."""
+    from datonis_edge.adapters.mqtt_listener.config import MqttListenerService
+    from helpers import free_port
+
+    async def sink(
+        readings: list[dict[str, Any]], raw: bytes | None = None, checked: bool = False
+    ) -> int:
+        return len(readings)
+
+    async def broken_store(*_args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    config = MqttListenerService(
+        type="mqtt_listener", name="m", port=free_port(), thing_key_topic_level=1
+    )
+    adapter = mqtt_listener.MqttListenerAdapter(config, sink, workdir=tmp_path)
+    monkeypatch.setattr(adapter, "_store", broken_store)
+    adapter._inbox.put_nowait(_message(1, b'{"v": 1}'))
+    with pytest.raises(RuntimeError, match="a bug"):
+        await asyncio.wait_for(adapter.run(), 20)

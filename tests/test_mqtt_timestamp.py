@@ -75,6 +75,7 @@ def test_timestamp_unit_converts_to_epoch_ms(unit: str, sent: float, ms: int) ->
 def test_a_bad_time_in_seconds_is_refused_by_the_one_check(sent: bytes, words: str) -> None:
     with pytest.raises(InvalidReading) as info:
         _parse(sent, timestamp_key="ts", timestamp_unit="s")
+    assert info.value.reason.startswith("payload.ts (in s, as epoch ms): ")  # the key sent
     assert words in info.value.reason
 
 

@@ -101,9 +101,20 @@ def parse_payload(
         data = obj[data_key]
     else:
         data = {k: v for k, v in obj.items() if k != "thing_key" and k != timestamp_key}
-    return check_reading(
-        {"thing_key": thing_key, "timestamp": ts, "data": data}, now_ms, where="payload"
-    )
+    try:
+        return check_reading(
+            {"thing_key": thing_key, "timestamp": ts, "data": data}, now_ms, where="payload"
+        )
+    except InvalidReading as exc:
+        if timestamp_key == "timestamp" and timestamp_unit == "ms":
+            raise
+        if not exc.reason.startswith("payload.timestamp:"):
+            raise
+        # name the key the producer sent, and the unit it was read in
+        why = exc.reason.removeprefix("payload.timestamp:")
+        raise InvalidReading(
+            f"payload.{timestamp_key} (in {timestamp_unit}, as epoch ms):{why}"
+        ) from None
 
 
 class MalformedFile:
