@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from abc import ABC, abstractmethod
 from typing import Any
+
+import orjson
 
 from ..model import Batch, Outcome, OutcomeKind
 from ..registry import Plugin
@@ -34,6 +37,30 @@ def local_decline(exc: BaseException, hint: str = LOCAL_DECLINE_HINT) -> Outcome
     return Outcome(
         OutcomeKind.DECLINED, None, f"local error: {exc.__class__.__name__}: {exc}; {hint}"
     )
+
+
+def heartbeat_body(thing_keys: list[str]) -> bytes:
+    """The heartbeat of the configured things, as every uplink sends it."""
+    return orjson.dumps({"thing_keys": thing_keys, "timestamp": int(time.time() * 1000)})
+
+
+def alert_body(
+    thing_key: str | None, level: tuple[str, Any], message: str, extra: dict[str, Any] | None
+) -> bytes | Outcome:
+    """An alert as every uplink sends it; `level` is the transport's (key, value) for it.
+    A message or extra that cannot be encoded is a local decline, never an exception."""
+    try:
+        return orjson.dumps(
+            {
+                "thing_key": thing_key,
+                level[0]: level[1],
+                "message": message,
+                "timestamp": int(time.time() * 1000),
+                "data": extra or {},
+            }
+        )
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        return local_decline(exc, "this alert could not be encoded")
 
 
 def is_local(outcome: Outcome) -> bool:

@@ -22,7 +22,7 @@ import orjson
 from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
 from ...protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, sign
-from ..base import Uplink, local_decline, redact_url
+from ..base import Uplink, alert_body, heartbeat_body, local_decline, redact_url
 from .config import DatonisHttpCloud
 
 ALERT_LEVELS = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -191,22 +191,12 @@ class DatonisHttpUplink(Uplink):
             self.status.error(outcome.reason, "retrying")
 
     async def heartbeat(self, thing_keys: list[str]) -> Outcome:
-        body = orjson.dumps({"thing_keys": thing_keys, "timestamp": int(time.time() * 1000)})
-        return await self._post(HEARTBEAT_PATH, body)
+        return await self._post(HEARTBEAT_PATH, heartbeat_body(thing_keys))
 
     async def alert(
         self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
     ) -> Outcome:
-        try:
-            body = orjson.dumps(
-                {
-                    "thing_key": thing_key,
-                    "alert_type": ALERT_LEVELS.get(level, 1),
-                    "message": message,
-                    "timestamp": int(time.time() * 1000),
-                    "data": extra or {},
-                }
-            )
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            return local_decline(exc, "this alert could not be encoded")
+        body = alert_body(thing_key, ("alert_type", ALERT_LEVELS.get(level, 1)), message, extra)
+        if isinstance(body, Outcome):
+            return body
         return await self._post(ALERTS_PATH, body)

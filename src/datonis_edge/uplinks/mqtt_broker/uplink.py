@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
-from ..base import Uplink, local_decline, redact_url
+from ..base import Uplink, alert_body, heartbeat_body, local_decline, redact_url
 from .config import MqttBrokerCloud
 
 log = logging.getLogger(__name__)
@@ -181,24 +181,14 @@ class MqttBrokerUplink(Uplink):
         ]
 
     async def heartbeat(self, thing_keys: list[str]) -> Outcome:
-        body = orjson.dumps({"thing_keys": thing_keys, "timestamp": int(time.time() * 1000)})
-        return await self._publish([(self.cloud.heartbeat_topic, body)])
+        return await self._publish([(self.cloud.heartbeat_topic, heartbeat_body(thing_keys))])
 
     async def alert(
         self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
     ) -> Outcome:
-        try:
-            body = orjson.dumps(
-                {
-                    "thing_key": thing_key,
-                    "level": level,
-                    "message": message,
-                    "timestamp": int(time.time() * 1000),
-                    "data": extra or {},
-                }
-            )
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            return local_decline(exc, "this alert could not be encoded")
+        body = alert_body(thing_key, ("level", level), message, extra)
+        if isinstance(body, Outcome):
+            return body
         return await self._publish([(self.cloud.alerts_topic, body)])
 
     async def _publish(self, messages: list[tuple[str, bytes]]) -> Outcome:
