@@ -13,6 +13,7 @@ import asyncio
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -63,6 +64,13 @@ def alert_body(
         return local_decline(exc, "this alert could not be encoded")
 
 
+# Instructions (platform → machine) arrive on a transport that can receive them (Datonis MQTT).
+# The transport calls the sink with the thing the topic names and the message's exact bytes,
+# and acknowledges the message to its broker only after the sink returned (the sink stores it
+# durably first). The sink verifies, stores, executes and acknowledges; the transport does not.
+InstructionSink = Callable[[str, bytes], Awaitable[None]]
+
+
 def is_local(outcome: Outcome) -> bool:
     """A decline made on this side of the wire (`local_decline`), not by the platform."""
     return outcome.kind is OutcomeKind.DECLINED and outcome.status is None
@@ -100,6 +108,19 @@ class Uplink(ABC):
         self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
     ) -> Outcome:
         return _not_sent(f"the {self.type} uplink has no alert channel")
+
+    def receive_instructions(self, thing_keys: list[str], sink: InstructionSink) -> bool:
+        """Called once before start(): subscribe to the instructions of these things (again
+        after every reconnect) and hand each to `sink`. False: this transport cannot receive
+        instructions (the HTTP API has no way down)."""
+        return False
+
+    async def instruction_ack(
+        self, alert_key: str, thing_key: str, success: bool, message: str
+    ) -> Outcome:
+        """Tell the platform how an instruction ended (an alert carrying its `alert_key` and
+        `data.execution_status`); DELIVERED once the platform acknowledged it."""
+        return _not_sent(f"the {self.type} uplink cannot acknowledge instructions")
 
 
 def _not_sent(reason: str) -> Outcome:
