@@ -123,7 +123,7 @@ def cloud(endpoint: str, **kw: Any) -> dict[str, Any]:
         "retry_max_backoff_ms": 500,
     }
     c.update(kw)
-    if c["protocol"] == "mqtt":  # a broker has no Datonis keys
+    if c["protocol"] == "mqtt_broker":  # a broker has no Datonis keys
         del c["access_key"], c["secret_key"]
     return c
 

@@ -103,7 +103,7 @@ def to_mosquitto(total: int, bulk: int) -> dict:
         try:
             cfg = cloud(
                 f"mqtt://127.0.0.1:{port}",
-                protocol="mqtt",
+                protocol="mqtt_broker",
                 topic="bench/events",
                 bulk_max_elements=bulk,
             )

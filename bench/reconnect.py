@@ -81,7 +81,9 @@ def run(outage_s: float) -> None:
         report("reconnect platform-sim", outage_s=outage_s, first_delivery_after_s=round(took, 2))
     with tempfile.TemporaryDirectory(prefix="bench-reconnect-") as d:
         broker = Broker(Path(d)).start()
-        cfg = cloud(f"mqtt://127.0.0.1:{broker.port}", protocol="mqtt", topic="bench/e", **common)
+        cfg = cloud(
+            f"mqtt://127.0.0.1:{broker.port}", protocol="mqtt_broker", topic="bench/e", **common
+        )
         try:
             took = measure(outage_s, Path(d), cfg, broker.stop, broker.start)
         finally:

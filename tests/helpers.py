@@ -194,7 +194,7 @@ def base_config(sim: PlatformSim | None, **cloud: Any) -> dict[str, Any]:
         "heartbeat_interval_ms": 0,
     }
     c.update(cloud)
-    if c["protocol"] == "mqtt":  # a broker has no Datonis keys (unknown keys are errors)
+    if c["protocol"] == "mqtt_broker":  # a broker has no Datonis keys (unknown keys are errors)
         del c["access_key"], c["secret_key"]
     return {"cloud": c, "services": []}
 

@@ -118,7 +118,7 @@ def test_mqtt_uplink_delivers_to_a_broker_on_puback(
     try:
         config = base_config(
             None,
-            protocol="mqtt",
+            protocol="mqtt_broker",
             endpoint=f"mqtt://127.0.0.1:{mosquitto.port}",
             topic="edge/{thing_key}/events",
         )

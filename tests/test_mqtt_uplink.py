@@ -52,7 +52,7 @@ def test_mqtt_uplink_publishes_alerts_and_heartbeats_and_hides_credentials(
     port = free_port()
     config = base_config(
         None,
-        protocol="mqtt",
+        protocol="mqtt_broker",
         endpoint=f"mqtt://edge:s3cret-pw@127.0.0.1:{mosquitto.port}",
         topic="plant/{thing_key}/events",
         bulk_max_elements=1,

@@ -59,7 +59,9 @@ def test_first_delivery_soon_after_the_platform_returns(
 
 
 def test_first_delivery_soon_after_the_broker_returns(mosquitto, gateway_factory) -> None:
-    config = _config(f"mqtt://127.0.0.1:{mosquitto.port}", protocol="mqtt", topic="edge/events")
+    config = _config(
+        f"mqtt://127.0.0.1:{mosquitto.port}", protocol="mqtt_broker", topic="edge/events"
+    )
     gw = gateway_factory(config).start()
     took = _outage_then_first_delivery(gw, mosquitto.stop, mosquitto.start)
     assert took < BOUND_S, f"first delivery {took:.1f} s after the broker came back"

@@ -135,7 +135,9 @@ def test_the_envelope_is_what_orjson_writes_for_the_batch() -> None:
 
 def test_the_mqtt_split_by_thing_sends_each_events_stored_bytes() -> None:
     events = [_event(0, "a"), _event(1, "b", text="x},{y"), _event(2, "a"), _event(3, "b")]
-    cloud = MqttBrokerCloud(protocol="mqtt", endpoint="mqtt://127.0.0.1:1", topic="p/{thing_key}")
+    cloud = MqttBrokerCloud(
+        protocol="mqtt_broker", endpoint="mqtt://127.0.0.1:1", topic="p/{thing_key}"
+    )
     messages = MqttBrokerUplink(cloud)._batch_messages(Batch("1.0+4", 2, (1, 4), 4, _array(events)))
     assert messages == [
         ("p/a", orjson.dumps({"events": events[0::2], "epoch": 2, "batch_id": "1.0+4"})),

@@ -235,7 +235,9 @@ class Supervisor:
             self.alerts.raise_("error", message)
             return self.config
         if config != self.config:
-            log.info("taking over with %s as it is now (it changed since this instance started)", path)
+            log.info(
+                "taking over with %s as it is now (it changed since this instance started)", path
+            )
         return config
 
     def _bump_epoch(self) -> int:

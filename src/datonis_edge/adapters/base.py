@@ -71,9 +71,7 @@ class Adapter(ABC):
         self.config = config
         self.sink = sink
         self.workdir = workdir  # the data directory, for what an adapter keeps (certificates)
-        self.status = PartStatus(
-            name=config.name, type=config.type, announce=True, hint=self.hint
-        )
+        self.status = PartStatus(name=config.name, type=config.type, announce=True, hint=self.hint)
 
     @abstractmethod
     async def run(self) -> None:

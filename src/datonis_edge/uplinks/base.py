@@ -138,7 +138,7 @@ REGISTRY: dict[str, Plugin] = {
     p.name: p
     for p in (
         *_uplink(("https", "http"), "datonis_http", "DatonisHttpCloud", "DatonisHttpUplink"),
-        *_uplink(("mqtt",), "mqtt_broker", "MqttBrokerCloud", "MqttBrokerUplink"),
+        *_uplink(("mqtt_broker",), "mqtt_broker", "MqttBrokerCloud", "MqttBrokerUplink"),
     )
 }
 

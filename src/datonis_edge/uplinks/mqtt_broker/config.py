@@ -1,4 +1,4 @@
-"""The plain MQTT broker uplink's configuration (`cloud.protocol: mqtt`): any broker, QoS 1."""
+"""The plain MQTT broker uplink's configuration (`cloud.protocol: mqtt_broker`): any broker, QoS 1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ...config.models import CloudBase
 
 
 class MqttBrokerCloud(CloudBase):
-    protocol: Literal["mqtt"]
+    protocol: Literal["mqtt_broker"]
     endpoint: str
     topic: str = "datonis-edge/{thing_key}/events"
     alerts_topic: str = Field("datonis-edge/alerts", min_length=1)

@@ -41,7 +41,7 @@ RECONNECT_EVERY_S = 1.0  # a reconnect to an unreachable broker: one TCP connect
 
 
 class MqttBrokerUplink(Uplink):
-    type = "mqtt"
+    type = "mqtt_broker"
 
     def __init__(self, cloud: MqttBrokerCloud) -> None:
         super().__init__(f"mqtt {redact_url(cloud.endpoint)}")
