@@ -7,10 +7,10 @@ from urllib.parse import urlparse
 
 from pydantic import SecretStr, model_validator
 
-from ...config.models import CloudBase
+from ..options import DatonisTransportOptions
 
 
-class DatonisHttpCloud(CloudBase):
+class DatonisHttpCloud(DatonisTransportOptions):
     protocol: Literal["https", "http"] = "https"
     endpoint: str = "https://api.datonis.io"
     access_key: SecretStr = SecretStr("")
