@@ -10,10 +10,12 @@ fail the same way forever: that is a local DECLINED (`local_decline`), kept for 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -62,6 +64,61 @@ def alert_body(
         )
     except (orjson.JSONEncodeError, TypeError) as exc:
         return local_decline(exc, "this alert could not be encoded")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def outcome_for(
+    status: int, body: str, retry_after: str | None, detail: str | None = None
+) -> Outcome:
+    """DESIGN.md's outcome table, for the platform's answer: an HTTP status, or the
+    `http_code` of a Datonis MQTT ack (`detail`: its `http_msg`, else read from `body`)."""
+    if status in (200, 201, 202, 204):
+        return Outcome(OutcomeKind.DELIVERED, status=status)
+    reason = _reason(status, body, detail)
+    if status == 401:
+        return Outcome(OutcomeKind.DECLINED, status, reason, body, keys_suspect=True)
+    if status in (400, 422):
+        return Outcome(OutcomeKind.DECLINED, status, reason, body)
+    if status in (429, 503, 504):
+        wait = parse_retry_after(retry_after)
+        return Outcome(
+            OutcomeKind.RETRY, status, reason, body, retry_after_s=60.0 if wait is None else wait
+        )
+    return Outcome(OutcomeKind.RETRY, status, reason, body)
+
+
+def _reason(status: int, body: str, detail: str | None = None) -> str:
+    if detail is not None:
+        return _phrased(status) + (f": {detail}" if detail else "")
+    try:
+        obj = orjson.loads(body)
+        detail = (
+            obj.get("reason") or obj.get("message") or obj.get("error")
+            if isinstance(obj, dict)
+            else None
+        )
+    except orjson.JSONDecodeError:
+        detail = None
+    return _phrased(status) + (f": {detail}" if detail else "")
+
+
+def _phrased(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} HTTP status"
 
 
 # Instructions (platform → machine) arrive on a transport that can receive them (Datonis MQTT).

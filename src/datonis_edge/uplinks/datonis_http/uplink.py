@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import time
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlparse
 
@@ -22,57 +19,18 @@ import orjson
 from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
 from ...protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, sign
-from ..base import Uplink, alert_body, heartbeat_body, local_decline, redact_url
+from ..base import (
+    Uplink,
+    alert_body,
+    heartbeat_body,
+    local_decline,
+    outcome_for,
+    parse_retry_after,  # noqa: F401 - re-exported for the outcome-table tests
+    redact_url,
+)
 from .config import DatonisHttpCloud
 
 ALERT_LEVELS = {"info": 0, "warning": 1, "error": 2, "critical": 3}
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def outcome_for(status: int, body: str, retry_after: str | None) -> Outcome:
-    """DESIGN.md's outcome table, for an HTTP answer."""
-    if status in (200, 201, 202, 204):
-        return Outcome(OutcomeKind.DELIVERED, status=status)
-    reason = _reason(status, body)
-    if status == 401:
-        return Outcome(OutcomeKind.DECLINED, status, reason, body, keys_suspect=True)
-    if status in (400, 422):
-        return Outcome(OutcomeKind.DECLINED, status, reason, body)
-    if status in (429, 503, 504):
-        wait = parse_retry_after(retry_after)
-        return Outcome(
-            OutcomeKind.RETRY, status, reason, body, retry_after_s=60.0 if wait is None else wait
-        )
-    return Outcome(OutcomeKind.RETRY, status, reason, body)
-
-
-def _reason(status: int, body: str) -> str:
-    try:
-        obj = orjson.loads(body)
-        detail = (
-            obj.get("reason") or obj.get("message") or obj.get("error")
-            if isinstance(obj, dict)
-            else None
-        )
-    except orjson.JSONDecodeError:
-        detail = None
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "HTTP status"
-    return f"{status} {phrase}" + (f": {detail}" if detail else "")
 
 
 class DatonisHttpUplink(Uplink):
