@@ -14,6 +14,68 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import ModbusServer
 
 
+def plant(
+    tmp: Path,
+    devices: int = 50,
+    registers: int = 300,
+    servers: int = 10,
+    scan_ms: int = 1000,
+    float_share: float = 0.0,
+    cloud_url: str = "",
+) -> tuple[dict, list[ModbusServer], int]:
+    """Start `servers` pymodbus servers and return the gateway config that polls them (every
+    tag the metric of a thing, one thing per device), the servers and the tags per device."""
+    per_server = devices // servers
+    # two thirds uint16 tags, one sixth float32 tags (2 registers each): `registers` per device;
+    # with float_share=0 every register is one uint16 tag
+    n32 = int(registers * float_share / 2)
+    n16 = registers - 2 * n32
+    spec = {
+        "units": {str(u): {"hr": {"0": list(range(registers))}} for u in range(1, per_server + 1)}
+    }
+    procs = [ModbusServer(tmp, spec, f"plc{i}").start() for i in range(servers)]
+    tags, things, devs = [], [], []
+    for dev in range(devices):
+        server, unit = procs[dev // per_server], dev % per_server + 1
+        name = f"plc-{dev}"
+        devs.append({"name": name, "port": server.port, "unit_id": unit, "timeout_ms": 2000})
+        dev_tags = [
+            {"name": f"{name}-u{i}", "device": name, "register": "holding", "address": i}
+            for i in range(n16)
+        ]
+        dev_tags += [
+            {
+                "name": f"{name}-f{i}",
+                "device": name,
+                "register": "holding",
+                "address": n16 + 2 * i,
+                "data_type": "float32",
+            }
+            for i in range(n32)
+        ]
+        tags += dev_tags
+        things.append(
+            {
+                "thing_key": name,
+                "metrics": [{"name": t["name"], "tag": t["name"]} for t in dev_tags],
+            }
+        )
+    config = {
+        "cloud": cloud(cloud_url, bulk_max_elements=50),
+        "services": [
+            {
+                "name": "plant",
+                "type": "modbus_tcp",
+                "scan_interval_ms": scan_ms,
+                "devices": devs,
+                "tags": tags,
+                "things": things,
+            }
+        ],
+    }
+    return config, procs, n16 + n32
+
+
 def run(
     devices: int = 50,
     registers: int = 300,
@@ -22,59 +84,13 @@ def run(
     scan_ms: int = 1000,
     float_share: float = 0.0,
 ) -> dict:
-    per_server = devices // servers
     with tempfile.TemporaryDirectory(prefix="bench-modbus-") as d:
         tmp = Path(d)
         sim = Sim(tmp).start()
-        # two thirds uint16 tags, one sixth float32 tags (2 registers each): `registers` per device;
-        # with float_share=0 every register is one uint16 tag
-        n32 = int(registers * float_share / 2)
-        n16 = registers - 2 * n32
-        spec = {
-            "units": {
-                str(u): {"hr": {"0": list(range(registers))}} for u in range(1, per_server + 1)
-            }
-        }
-        procs = [ModbusServer(tmp, spec, f"plc{i}").start() for i in range(servers)]
-        tags, things, devs = [], [], []
-        for dev in range(devices):
-            server, unit = procs[dev // per_server], dev % per_server + 1
-            name = f"plc-{dev}"
-            devs.append({"name": name, "port": server.port, "unit_id": unit, "timeout_ms": 2000})
-            dev_tags = [
-                {"name": f"{name}-u{i}", "device": name, "register": "holding", "address": i}
-                for i in range(n16)
-            ]
-            dev_tags += [
-                {
-                    "name": f"{name}-f{i}",
-                    "device": name,
-                    "register": "holding",
-                    "address": n16 + 2 * i,
-                    "data_type": "float32",
-                }
-                for i in range(n32)
-            ]
-            tags += dev_tags
-            things.append(
-                {
-                    "thing_key": name,
-                    "metrics": [{"name": t["name"], "tag": t["name"]} for t in dev_tags],
-                }
-            )
-        config = {
-            "cloud": cloud(sim.url, bulk_max_elements=50),
-            "services": [
-                {
-                    "name": "plant",
-                    "type": "modbus_tcp",
-                    "scan_interval_ms": scan_ms,
-                    "devices": devs,
-                    "tags": tags,
-                    "things": things,
-                }
-            ],
-        }
+        config, procs, tags_per_event = plant(
+            tmp, devices, registers, servers, scan_ms, float_share, sim.url
+        )
+        tags = config["services"][0]["tags"]
         edge = Edge(tmp, config).start()
         time.sleep(3)
         st0 = edge.status()
@@ -88,7 +104,6 @@ def run(
         for p in procs:
             p.stop()
         sim.stop()
-    tags_per_event = n16 + n32
     delivered_events = st["counters"]["delivered"] - st0["counters"]["delivered"]
     return report(
         "modbus",
@@ -98,7 +113,7 @@ def run(
         registers_per_device=registers,
         requests_per_scan=svc["details"]["requests_per_scan"],
         tags_read_per_s=round(
-            (svc["counters"]["readings"] - st0["services"][0]["counters"]["readings"])
+            (svc["counters"]["received"] - st0["services"][0]["counters"]["received"])
             * tags_per_event
             / wall
         ),
