@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from ..things.expressions import Expression, ExpressionError
+from .instructions import InstructionRule, check_instruction_targets
 
 
 class Base(BaseModel):
@@ -92,6 +93,7 @@ class ThingConfig(Base):
     thing_key: str = Field(min_length=1)
     thing_name: str = ""
     metrics: list[MetricConfig] = Field(default_factory=list)
+    instructions: list[InstructionRule] = Field(default_factory=list)  # config/instructions.py
 
     @model_validator(mode="after")
     def _unique_metrics(self) -> ThingConfig:
@@ -119,6 +121,13 @@ class ServiceBase(Base):
     scan_interval_ms: int = Field(1000, ge=10, le=86_400_000)
     send_interval_ms: int = Field(0, ge=0)
     things: list[ThingConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _instruction_targets(self) -> ServiceBase:
+        check_instruction_targets(
+            getattr(self, "type", ""), getattr(self, "tags", None), self.things
+        )
+        return self
 
 
 class ListenerBase(ServiceBase):
