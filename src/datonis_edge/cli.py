@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -367,19 +368,31 @@ def platform_sim(
     no_record: Annotated[
         bool, typer.Option("--no-record", help="Count events, keep none (benchmarks).")
     ] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this PEM certificate.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its PEM key.")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-client-ca", help="Require client certificates signed by this CA."),
+    ] = None,
 ) -> None:
     """Run the local stand-in for the Datonis platform API."""
     setup_logging("warning")
     from .platform_sim.app import create_app
     from .serving import PortError, bind_socket, serve_app
 
+    tls = _sim_tls(tls_cert, tls_key, tls_client_ca)
+
     async def main() -> None:
         sock = bind_socket(host, port, "platform-sim")
-        typer.echo(f"platform simulator on http://{host}:{port} (control API under /sim)")
+        scheme = "https" if tls else "http"
+        typer.echo(f"platform simulator on {scheme}://{host}:{port} (control API under /sim)")
         await serve_app(
             create_app(access_key, secret_key, record=not no_record),
             sock,
             name="platform simulator",
+            **tls,
         )
 
     try:
@@ -387,6 +400,21 @@ def platform_sim(
             _run_loop(main())
     except PortError as exc:
         raise fail(str(exc)) from None
+
+
+def _sim_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> dict[str, Any]:
+    """uvicorn's TLS settings for the simulator, the files checked first."""
+    if cert is None:
+        if key or client_ca:
+            raise fail("--tls-key and --tls-client-ca need --tls-cert (the server certificate)")
+        return {}
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not path.is_file():
+            raise fail(f"{flag}: {path} not found; give a PEM file")
+    tls: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key) if key else None}
+    if client_ca is not None:
+        tls |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return tls
 
 
 def _run_loop(coro):  # type: ignore[no-untyped-def]

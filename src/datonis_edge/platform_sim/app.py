@@ -6,7 +6,10 @@ Platform API (what the gateway talks to):
     POST /api/v3/things/heartbeat.json
     POST /api/v3/alerts.json
   every request needs X-Access-Key (a known key) and X-Dtn-Signature = hex HMAC-SHA256 of the
-  body with that key's secret, else 401; malformed events give 422.
+  body with that key's secret, else 401; malformed events give 422. A body sent with
+  `X-Compressed: LZF` (ZV-framed LZF, wire spec §9) is decoded first and the signature checked
+  over the decoded body; one that does not decode gets 400. `/sim/requests` (its `compressed`)
+  and `/sim/stats` (`lzf_bodies`) say which bodies came compressed.
 
 Control API (for tests, demos and benchmarks), under /sim:
     GET  /sim/events?offset=N     accepted events, each with batch_id, epoch, received_ms
@@ -34,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..protocol import lzf
 from ..protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, signature_ok
 
 
@@ -60,6 +64,7 @@ class SimState:
     faults: list[Fault] = field(default_factory=list)
     epochs_seen: list[int] = field(default_factory=list)
     request_log: list[dict[str, Any]] = field(default_factory=list)
+    lzf_bodies: int = 0  # requests whose body came LZF-compressed and decoded
 
 
 class _DroppedResponse(Response):
@@ -126,6 +131,17 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
 
     async def authenticate(request: Request) -> tuple[bytes, Response | None]:
         body = await request.body()
+        encoding = request.headers.get("x-compressed")
+        if encoding is not None:
+            if encoding.strip().upper() != "LZF":
+                count(400)
+                return body, _json(400, {"status": "error", "reason": "X-Compressed: only LZF"})
+            try:
+                body = lzf.decode(body)
+            except lzf.LZFError as exc:
+                count(400)
+                return body, _json(400, {"status": "error", "reason": f"LZF body: {exc}"})
+            state.lzf_bodies += 1
         access = request.headers.get("x-access-key", "")
         secret = state.keys.get(access)
         if secret is None:
@@ -157,6 +173,7 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
                 "ms": int(time.time() * 1000),
                 "status": response.status_code,
                 "batch_id": request.headers.get("x-dtn-batch-id"),
+                "compressed": request.headers.get("x-compressed"),
                 "epoch": int(e)
                 if (e := request.headers.get("x-dtn-epoch", "")).isdigit()
                 else None,
@@ -247,6 +264,7 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
                 "alerts": len(state.alerts),
                 "epochs_seen": state.epochs_seen,
                 "faults_queued": len(state.faults),
+                "lzf_bodies": state.lzf_bodies,
             },
         )
 
@@ -282,6 +300,7 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
         state.alerts.clear()
         state.epochs_seen.clear()
         state.request_log.clear()
+        state.lzf_bodies = 0
         return _json(200, {"status": "ok"})
 
     app = Starlette(
