@@ -195,6 +195,7 @@ REGISTRY: dict[str, Plugin] = {
     p.name: p
     for p in (
         *_uplink(("https", "http"), "datonis_http", "DatonisHttpCloud", "DatonisHttpUplink"),
+        *_uplink(("mqtt", "mqtts"), "datonis_mqtt", "DatonisMqttCloud", "DatonisMqttUplink"),
         *_uplink(("mqtt_broker",), "mqtt_broker", "MqttBrokerCloud", "MqttBrokerUplink"),
     )
 }
