@@ -12,11 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests talk to for real: mosquitto (MQTT broker), wrk (load generator for bench).
+# Debian packages the tests talk to for real: mosquitto (MQTT broker), tinyproxy (HTTP proxy), wrk (load generator for bench).
 system-deps:
 	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto; then \
 		echo "installing mosquitto from Debian"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; \
+	fi
+	@if ! command -v tinyproxy >/dev/null 2>&1 && ! test -x /usr/bin/tinyproxy; then \
+		echo "installing tinyproxy from Debian (the HTTP proxy of tests/test_http_extras.py)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tinyproxy; \
 	fi
 
 run: $(STAMP)
