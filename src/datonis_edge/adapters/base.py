@@ -38,6 +38,19 @@ class Rejected(Exception):
         self.reason = reason
 
 
+class WriteFailed(Exception):
+    """A write did not happen (or not wholly): the device did not answer, refused it, or the
+    protocol cannot write. `reason` is a sentence for the instruction's ack and the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ValueRefused(WriteFailed):
+    """The value does not fit the tag (type, range, length): refused before any I/O."""
+
+
 class ReadingSink(Protocol):
     """Stores readings; returns once they are durable, raises Rejected if they were not.
     `raw`, when given, is the readings already as a JSON array (a listener's checked bytes);
@@ -77,6 +90,22 @@ class Adapter(ABC):
     async def run(self) -> None:
         """Read until cancelled. Errors of the device are reported in status and retried."""
 
+    # Writes (instructions from the platform). The engine first checks every value of an
+    # instruction, then writes them in order: a value that does not fit writes nothing.
+
+    async def check_write(self, tag: str, value: Any, wait_s: float = 0.0) -> Any:
+        """The value as it will be written to `tag` (converted to the tag's type), or
+        ValueRefused naming why not. May ask the device (an OPC UA node's type), waiting up
+        to `wait_s` for it to answer (WriteFailed past that)."""
+        raise ValueRefused(f"a {self.type} service does not write to machines")
+
+    async def write(self, tag: str, value: Any) -> None:
+        """Write a checked value; WriteFailed if the device did not take it."""
+        raise WriteFailed(f"a {self.type} service does not write to machines")
+
+    async def close_writes(self) -> None:  # noqa: B027 - optional hook
+        """Close what writing opened (the pipeline calls it when it stops)."""
+
 
 def _adapter(name: str, config: str, adapter: str) -> Plugin:
     return Plugin(name, f"{name}.config:{config}", f"{name}.adapter:{adapter}", __package__)
@@ -98,3 +127,35 @@ REGISTRY: dict[str, Plugin] = {
 def adapter_class(service_type: str) -> type[Adapter]:
     """The adapter of a service type, imported on first use."""
     return REGISTRY[service_type].load()
+
+
+_INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
+_FLOAT_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
+
+
+def fit_value(value: Any, data_type: str, tag: str) -> Any:
+    """`value` as a `data_type` (bool, [u]int8..64, float32/64, string), or ValueRefused
+    naming the tag, the value and what fits. A whole float (42.0) may go to an integer."""
+    if data_type == "bool":
+        if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
+            return bool(value)
+        raise ValueRefused(f"{tag} takes true or false, not {value!r}")
+    if data_type == "string":
+        if isinstance(value, str):
+            return value
+        raise ValueRefused(f"{tag} takes a string, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueRefused(f"{tag} takes a number ({data_type}), not {value!r}")
+    if data_type in _FLOAT_MAX:
+        if value != value or abs(value) > _FLOAT_MAX[data_type]:
+            raise ValueRefused(f"{tag} ({data_type}) cannot hold {value!r}")
+        return float(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueRefused(f"{tag} ({data_type}) takes a whole number, not {value!r}")
+    number = int(value)
+    unsigned = data_type.startswith("u")
+    bits = _INT_BITS[data_type.removeprefix("u")]
+    low, high = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if not low <= number <= high:
+        raise ValueRefused(f"{tag} ({data_type}) takes {low} to {high}, not {number}")
+    return number

@@ -23,6 +23,7 @@ from ...logs import OnceLogger
 from ..base import Adapter, ReadingSink, Rejected, reading, ticks
 from .codec import ReadGroup, TagSpec, plan_reads
 from .config import ModbusDevice, ModbusTcpService
+from .writer import ModbusWriter
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +214,19 @@ class ModbusTcpAdapter(Adapter):
             for d in self.devices:
                 with contextlib.suppress(Exception):
                     d.close()
+
+    # ------------------------------------------------------------------ writes (writer.py)
+
+    async def check_write(self, tag: str, value: Any, wait_s: float = 0.0) -> Any:
+        if not hasattr(self, "_writer"):
+            self._writer = ModbusWriter(self.config)
+        fitted = self._writer.fit(tag, value)
+        await self._writer.connect(tag, wait_s)
+        return fitted
+
+    async def write(self, tag: str, value: Any) -> None:
+        await self._writer.write(tag, value)
+
+    async def close_writes(self) -> None:
+        if hasattr(self, "_writer"):
+            self._writer.close()
