@@ -53,7 +53,27 @@ class ConnectionLimits(Base):
 
 
 class ConsoleConfig(Base):
+    """The console's server and its security (docs/console.md). `--http-port` / `--http-host`
+    (or their environment variables) win over `port` / `host`."""
+
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65_535)
+    # HTTPS when both are set: PEM files, the key unencrypted
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # /metrics needs an API token (any role) when true
+    metrics_auth: bool = False
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
     limits: ConnectionLimits = Field(default_factory=ConnectionLimits)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ConsoleConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ValueError(
+                f"{missing}: HTTPS needs both tls_cert and tls_key (PEM files); give both, or neither for HTTP"
+            )
+        return self
 
 
 class OutboxConfig(Base):
