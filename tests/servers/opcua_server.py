@@ -3,7 +3,8 @@
     python opcua_server.py --port N [--secure DIR] [--user U --password P]
 
 Namespace "urn:datonis-edge:test" with Machine1.{Temperature (Double), Count (Int32, +1 every
-100 ms), Running (Boolean), Name (String)}. With --secure, only Basic256Sha256
+100 ms), Running (Boolean), Name (String)}; clients may write Running, Name, Setpoint (Float)
+and Mode (UInt16) (the instruction tests). With --secure, only Basic256Sha256
 SignAndEncrypt is offered (a server certificate is created in DIR).
 """
 
@@ -65,8 +66,18 @@ async def main() -> None:
     count = await machine.add_variable(
         ua.NodeId(1001, idx), "Count", 0, varianttype=ua.VariantType.Int32
     )
-    await machine.add_variable(ua.NodeId("Machine1.Running", idx), "Running", True)
-    await machine.add_variable(ua.NodeId("Machine1.Name", idx), "Name", "Press 7")
+    writable = [
+        await machine.add_variable(ua.NodeId("Machine1.Running", idx), "Running", True),
+        await machine.add_variable(ua.NodeId("Machine1.Name", idx), "Name", "Press 7"),
+        await machine.add_variable(
+            ua.NodeId("Machine1.Setpoint", idx), "Setpoint", 0.0, varianttype=ua.VariantType.Float
+        ),
+        await machine.add_variable(
+            ua.NodeId("Machine1.Mode", idx), "Mode", 0, varianttype=ua.VariantType.UInt16
+        ),
+    ]
+    for node in writable:
+        await node.set_writable()
     async with server:
         n = 0
         while True:

@@ -100,7 +100,8 @@ class Adapter(ABC):
         raise ValueRefused(f"a {self.type} service does not write to machines")
 
     async def write(self, tag: str, value: Any) -> None:
-        """Write a checked value; WriteFailed if the device did not take it."""
+        """Write what `check_write` returned for this tag; WriteFailed if the device did not
+        take it."""
         raise WriteFailed(f"a {self.type} service does not write to machines")
 
     async def close_writes(self) -> None:  # noqa: B027 - optional hook

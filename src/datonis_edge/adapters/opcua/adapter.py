@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..base import Adapter, ReadingSink, Rejected, reading, ticks
 from .config import OpcUaService
+from .writer import OpcUaWriter
 
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # we report server errors ourselves
 
@@ -84,6 +85,9 @@ class OpcUaAdapter(Adapter):
         super().__init__(config, sink, workdir)
         self.config: OpcUaService = config
         self._things = [(t.thing_key, t.tags_used()) for t in config.things]
+        self.writer = OpcUaWriter(
+            config.endpoint, {t.name: t.node_id for t in config.tags}, config.timeout_ms / 1000
+        )
         self.status.details.update(
             {
                 "endpoint": config.endpoint,
@@ -91,6 +95,15 @@ class OpcUaAdapter(Adapter):
                 "security": f"{config.security_policy}/{config.security_mode}",
             }
         )
+
+    # ------------------------------------------------------------------ writes (writer.py)
+
+    async def check_write(self, tag: str, value: Any, wait_s: float = 0.0) -> Any:
+        return await self.writer.check(tag, value, wait_s)
+
+    async def write(self, tag: str, value: Any) -> None:
+        # `value` is what check_write returned: the value and the node's variant type
+        await self.writer.write(tag, *value)
 
     # ------------------------------------------------------------------ session
 
@@ -142,6 +155,7 @@ class OpcUaAdapter(Adapter):
             nodes = [client.get_node(t.node_id) for t in self.config.tags]
             names = {n.nodeid: t.name for n, t in zip(nodes, self.config.tags, strict=True)}
             self.status.details["connected"] = True
+            self.writer.attach(client)
             if self.config.mode == "subscription":
                 try:
                     await self._subscribe(client, nodes, names)
@@ -150,6 +164,7 @@ class OpcUaAdapter(Adapter):
                     self.status.error(f"subscription refused ({exc}); polling instead")
             await self._poll(client, nodes)
         finally:
+            self.writer.attach(None)
             self.status.details["connected"] = False
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), 2)
