@@ -1,7 +1,8 @@
 """The master's pipeline: adapters → things → outbox → forwarder → uplink, and its status.
 
 Built and started by the supervisor once this instance holds the data-directory lock, torn
-down when it lets go. Every long-running part runs supervised (`supervision.py`); the chores
+down when it lets go. Instructions come back down the same way: the uplink hands them to the
+instruction engine (instructions/), which writes through the adapter owning the thing. Every long-running part runs supervised (`supervision.py`); the chores
 beside the data path (replay, alerts, heartbeats, outbox fill) are in `housekeeping.py`. Also
 the small service interface the console is handed (status, replay).
 """
@@ -17,6 +18,7 @@ from typing import Any
 from .adapters import Adapter, Rejected, adapter_class
 from .forwarder import Forwarder
 from .housekeeping import Housekeeping
+from .instructions import InstructionEngine
 from .readings import InvalidReading, check_reading
 from .root_config import Config
 from .status import Alerts, PartStatus
@@ -130,8 +132,18 @@ class Pipeline:
                 adapter = adapter_class(svc.type)(svc, sink, workdir=datadir)
                 sink.status = adapter.status
                 self.adapters.append(adapter)
+        self.instructions = InstructionEngine(
+            datadir / "instructions",
+            getattr(config.cloud, "access_key", ""),
+            getattr(config.cloud, "secret_key", ""),
+            config.thing_keys(),
+            self.adapters,
+            self.uplink,
+            alerts,
+        )
         self.parts = Parts(alerts)
         self.parts.add("forwarder", self.forwarder.run, self.forwarder.status)
+        self.parts.add("instructions", self.instructions.run, self.instructions.status)
         for adapter in self.adapters:
             self.parts.add(f"adapter {adapter.status.name}", adapter.run, adapter.status)
         hk = self.housekeeping
@@ -142,6 +154,21 @@ class Pipeline:
             self.parts.add("heartbeat", hk.heartbeats)
 
     # ------------------------------------------------------------------ wiring
+
+    def _receive_instructions(self) -> None:
+        """Subscribe before the uplink connects; say once if configured rules cannot work."""
+        keys = self.config.thing_keys()
+        if self.uplink.receive_instructions(keys, self.instructions.sink):
+            self.instructions.status.details["receiving"] = True
+            return
+        self.instructions.status.details["receiving"] = False
+        if self.instructions.mapping.rules:
+            log.warning(
+                "instructions are configured for %s, but cloud.protocol %s cannot receive "
+                "instructions; use protocol mqtt or mqtts (the Datonis MQTT transport)",
+                ", ".join(sorted(self.instructions.mapping.rules)),
+                self.config.cloud.protocol,
+            )
 
     def _on_evict(self, count: int) -> None:  # called on the outbox writer thread
         if self.loop is not None:
@@ -159,6 +186,8 @@ class Pipeline:
         await asyncio.to_thread(self.outbox.reconcile, heartbeat_counters)
         self.outbox.changed = asyncio.Event()
         self.declined.ensure()
+        await asyncio.to_thread(self.instructions.open)
+        self._receive_instructions()
         await self.uplink.start()
         self.parts.start_all()
         self.state = "running"
@@ -175,6 +204,9 @@ class Pipeline:
         if forwarder is not None:
             await asyncio.wait([forwarder], timeout=flush_timeout)
         await self.parts.cancel()
+        await self.instructions.close()
+        for adapter in self.adapters:
+            await adapter.close_writes()
         if self.housekeeping.queue_alert in self.alerts.listeners:
             self.alerts.listeners.remove(self.housekeeping.queue_alert)
         await self.uplink.close()
@@ -241,6 +273,7 @@ class Pipeline:
             "services": [a.status.snapshot() for a in self.adapters],
             "uplinks": [self.uplink.status.snapshot()],
             "forwarder": self.forwarder.status.snapshot(),
+            "instructions": self.instructions.status.snapshot(),
             # the pipeline's own background loops (adapters and forwarder report above)
             "tasks": [p.status.snapshot() for p in self.parts.running() if p.ours],
         }
