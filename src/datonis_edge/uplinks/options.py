@@ -43,19 +43,19 @@ class DatonisTransportOptions(CloudBase):
                 f"client_id: '{self.client_id}' must be 1 to 22 characters of A-Z, a-z, 0-9, "
                 "'_' or '-' (MQTT topics embed it); or leave it out for a stable derived id"
             )
-        for key in ("ca_file", "client_cert", "client_key"):
-            _check_readable(key, getattr(self, key))
         if self.client_key and not self.client_cert:
             raise ValueError(
                 "client_key: given without client_cert; add client_cert (the PEM certificate "
                 "the key belongs to)"
             )
+        self._check_proxy()
+        for key in ("ca_file", "client_cert", "client_key"):
+            _check_readable(key, getattr(self, key))
         if self.client_cert and not self.client_key and not _holds_key(self.client_cert):
             raise ValueError(
                 f"client_cert: '{self.client_cert}' holds no private key; add client_key "
                 "(the PEM key file of this certificate)"
             )
-        self._check_proxy()
         if self.ca_file or self.client_cert:
             try:  # a PEM that does not parse or a key that does not match: say so now
                 ssl_context(self)
