@@ -103,29 +103,50 @@ class PlatformSim:
         access_key: str = "test-ak",
         secret_key: str = "test-sk",
         port: int | None = None,
+        mqtt_broker: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self.access_key, self.secret_key = access_key, secret_key
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = Proc(
-            [
-                EDGE,
-                "platform-sim",
-                "--port",
-                str(self.port),
-                "--access-key",
-                access_key,
-                "--secret-key",
-                secret_key,
-            ],
-            tmp / f"platform-sim-{self.port}.log",
-        )
+        self.mqtt_broker = mqtt_broker
+        args = [
+            EDGE,
+            "platform-sim",
+            "--port",
+            str(self.port),
+            "--access-key",
+            access_key,
+            "--secret-key",
+            secret_key,
+        ]
+        if mqtt_broker:
+            args += ["--mqtt-broker", mqtt_broker]
+        self.proc = Proc(args, tmp / f"platform-sim-{self.port}.log")
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def start(self) -> PlatformSim:
         self.proc.start()
         wait_port(self.port)
+        if self.mqtt_broker:
+            wait_until(lambda: self.mqtt()["connected"], 10, "the simulator's MQTT login")
         return self
+
+    def mqtt(self) -> dict[str, Any]:
+        """The MQTT side's counts (messages, bad_hash, lzf, ack_<code>, not_acked, ...)."""
+        return self.http.get("/sim/mqtt").json()
+
+    def mqtt_fault(self, **spec: Any) -> None:
+        self.http.post("/sim/mqtt/faults", json=spec).raise_for_status()
+
+    def send_instruction(self, thing_key: str, instruction: dict[str, Any], **spec: Any) -> str:
+        """Publish a signed instruction (bad_hash=True: one whose hash does not match)."""
+        body = {"thing_key": thing_key, "instruction": instruction, **spec}
+        r = self.http.post("/sim/instructions", json=body)
+        r.raise_for_status()
+        return r.json()["alert_key"]
+
+    def instructions(self) -> dict[str, Any]:
+        return self.http.get("/sim/instructions").json()
 
     def stop(self) -> None:
         self.http.close()
@@ -160,21 +181,59 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    def __init__(self, tmp: Path) -> None:
+    """A mosquitto on a free port. `users` (name → password): logins checked against a
+    password file (no anonymous access; `set_users` replaces them in the running broker).
+    `tls` (certificate, key): a second listener, `tls_port`, speaking TLS."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        users: dict[str, str] | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.port = free_port()
         conf = tmp / f"mosquitto-{self.port}.conf"
         store = tmp / f"mosquitto-{self.port}"
         store.mkdir()
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        self.password_file = tmp / f"mosquitto-{self.port}.passwd"
+        text = (
+            f"listener {self.port} 127.0.0.1\npersistence true\n"
             f"persistence_location {store}/\nmax_queued_messages 100000\n"
         )
+        if users is None:
+            text += "allow_anonymous true\n"
+        else:
+            self._write_users(users)
+            text += f"allow_anonymous false\npassword_file {self.password_file}\n"
+            if os.geteuid() == 0:  # else it drops to `mosquitto`, who cannot read tmp_path
+                text += "user root\n"
+        self.tls_port: int | None = None
+        if tls is not None:
+            self.tls_port = free_port()
+            text += f"listener {self.tls_port} 127.0.0.1\ncertfile {tls[0]}\nkeyfile {tls[1]}\n"
+        conf.write_text(text)
         self.proc = Proc([mosquitto_binary(), "-c", str(conf)], tmp / f"mosquitto-{self.port}.log")
+
+    def _write_users(self, users: dict[str, str]) -> None:
+        self.password_file.write_text("")
+        for user, password in users.items():
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(self.password_file), user, password],
+                check=True,
+                capture_output=True,
+            )
+
+    def set_users(self, users: dict[str, str]) -> None:
+        """Replace the logins; the running broker rereads them (SIGHUP)."""
+        self._write_users(users)
+        self.proc.signal(signal.SIGHUP)
 
     def start(self) -> Mosquitto:
         """Start (again, after a stop: same port, same persistent store)."""
         self.proc.start()
         wait_port(self.port)
+        if self.tls_port is not None:
+            wait_port(self.tls_port)
         return self
 
     def stop(self) -> None:
@@ -214,7 +273,12 @@ class Gateway:
             self.config_path = tmp / f"{name}-edge.yaml"
             self.config_path.write_text(yaml.safe_dump(config))
         self.proc: Proc | None = None
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=10)
+        self.token = api_token(datadir, f"tests-{name}")
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.http_port}",
+            timeout=10,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
         self.starts = 0
 
     def start(self, wait_master: bool = True) -> Gateway:

@@ -371,6 +371,14 @@ def platform_sim(
     tls_cert: Annotated[
         Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this PEM certificate.")
     ] = None,
+    mqtt_broker: Annotated[
+        str | None,
+        typer.Option(
+            "--mqtt-broker",
+            help="The MQTT side too: mqtt://user:password@host:port of the broker the gateway "
+            "logs in to (platform_sim/mqtt_side.py).",
+        ),
+    ] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its PEM key.")] = None,
     tls_client_ca: Annotated[
         Path | None,
@@ -389,7 +397,7 @@ def platform_sim(
         scheme = "https" if tls else "http"
         typer.echo(f"platform simulator on {scheme}://{host}:{port} (control API under /sim)")
         await serve_app(
-            create_app(access_key, secret_key, record=not no_record),
+            create_app(access_key, secret_key, record=not no_record, mqtt_broker=mqtt_broker),
             sock,
             name="platform simulator",
             **tls,

@@ -99,7 +99,33 @@ def _validate_event(ev: Any, where: str) -> str | None:
     return None
 
 
-def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlette:
+def record_events(
+    state: SimState, events: list[dict[str, Any]], epoch: int | None, batch_id: str | None
+) -> None:
+    """Accepted events, as both sides (HTTP and MQTT) record them."""
+    now = int(time.time() * 1000)
+    if epoch is not None and (not state.epochs_seen or state.epochs_seen[-1] != epoch):
+        state.epochs_seen.append(epoch)
+    if state.record:
+        for ev in events:
+            state.events.append(
+                {
+                    "thing_key": ev["thing_key"],
+                    "timestamp": ev.get("timestamp"),
+                    "data": ev["data"],
+                    "batch_id": batch_id,
+                    "epoch": epoch,
+                    "received_ms": now,
+                }
+            )
+    state.event_count += len(events)
+
+
+def create_app(
+    access_key: str, secret_key: str, record: bool = True, mqtt_broker: str | None = None
+) -> Starlette:
+    """`mqtt_broker` (mqtt://user:password@host:port of a broker that checks the gateway's
+    login): the MQTT side too (platform_sim/mqtt_side.py)."""
     state = SimState(keys={access_key: secret_key}, record=record)
 
     def count(status: int) -> None:
@@ -211,22 +237,7 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
         batch_id = request.headers.get("x-dtn-batch-id") or (
             payload.get("batch_id") if bulk else None
         )
-        now = int(time.time() * 1000)
-        if epoch is not None and (not state.epochs_seen or state.epochs_seen[-1] != epoch):
-            state.epochs_seen.append(epoch)
-        if state.record:
-            for ev in events:
-                state.events.append(
-                    {
-                        "thing_key": ev["thing_key"],
-                        "timestamp": ev.get("timestamp"),
-                        "data": ev["data"],
-                        "batch_id": batch_id,
-                        "epoch": epoch,
-                        "received_ms": now,
-                    }
-                )
-        state.event_count += len(events)
+        record_events(state, events, epoch, batch_id)
         count(200)
         return _json(200, {"status": "ok", "accepted": len(events)})
 
@@ -303,8 +314,16 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
         state.lzf_bodies = 0
         return _json(200, {"status": "ok"})
 
+    mqtt_routes: list[Route] = []
+    if mqtt_broker:
+        from .mqtt_side import MqttSide
+
+        side = MqttSide(state, mqtt_broker)
+        side.start()
+        mqtt_routes = side.routes()
     app = Starlette(
         routes=[
+            *mqtt_routes,
             Route(EVENT_PATH, event, methods=["POST"]),
             Route(HEARTBEAT_PATH, heartbeat, methods=["POST"]),
             Route(ALERTS_PATH, alert, methods=["POST"]),
@@ -315,7 +334,7 @@ def create_app(access_key: str, secret_key: str, record: bool = True) -> Starlet
             Route("/sim/faults", sim_faults, methods=["POST", "DELETE"]),
             Route("/sim/keys", sim_keys, methods=["POST"]),
             Route("/sim/reset", sim_reset, methods=["POST"]),
-        ]
+        ],
     )
     app.state.sim = state
     return app

@@ -39,6 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
 from ...protocol import datonis as wire
+from ...protocol import lzf
 from ..base import InstructionSink, Uplink, alert_body, local_decline, outcome_for, redact_url
 from ..options import ssl_context
 from .config import DatonisMqttCloud
@@ -247,9 +248,7 @@ class DatonisMqttUplink(Uplink):
             )
         digest, payload = wire.envelope(body, self._access, self._secret)
         if compress and self.cloud.use_compression and len(payload) > COMPRESS_ABOVE:
-            from ...protocol.lzf import zv_encode
-
-            topic, payload = wire.lzf_event_topic(self.client_id), zv_encode(payload)
+            topic, payload = wire.lzf_event_topic(self.client_id), lzf.encode(payload)
         assert self._loop is not None
         fut: asyncio.Future[Outcome] = self._loop.create_future()
         sends = self._waiting.setdefault(digest, [])
