@@ -22,6 +22,10 @@ system-deps:
 		echo "installing tinyproxy from Debian (the HTTP proxy of tests/test_http_extras.py)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tinyproxy; \
 	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing chromium from Debian (the headless browser of tests/test_console_browser.py)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	fi
 
 run: $(STAMP)
 	$(BIN)/datonis-edge demo

@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import EDGE, free_port, wait_port, wait_until
+from helpers import EDGE, api_token, free_port, wait_port, wait_until
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -92,6 +92,7 @@ class Edge:
         ]
         self.log = open(tmp / "edge.log", "ab")  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
+        self.auth = {"Authorization": f"Bearer {api_token(self.datadir, 'bench')}"}
 
     def start(self) -> Edge:
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
@@ -99,7 +100,9 @@ class Edge:
         return self
 
     def status(self) -> dict[str, Any]:
-        return httpx.get(f"http://127.0.0.1:{self.port}/api/v1/status", timeout=10).json()
+        return httpx.get(
+            f"http://127.0.0.1:{self.port}/api/v1/status", headers=self.auth, timeout=10
+        ).json()
 
     @property
     def pid(self) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from common import EDGE, Sim, cloud, free_port, report, wait_until
+from common import EDGE, Sim, api_token, cloud, free_port, report, wait_until
 
 
 class Node:
@@ -37,7 +37,11 @@ class Node:
         if config:
             self.args += ["--config", str(config)]
         self.log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=2)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}",
+            timeout=2,
+            headers={"Authorization": f"Bearer {api_token(datadir, f'bench-{name}')}"},
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:

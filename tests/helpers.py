@@ -20,6 +20,24 @@ BIN = Path(sys.executable).parent
 EDGE = str(BIN / "datonis-edge")
 
 
+def api_token(datadir: Path, name: str, role: str = "admin") -> str:
+    """A console API token in `datadir` (made anew if one of that name exists), as the CLI's
+    `console token create` makes it: the tests and benchmarks call the API with it."""
+    from datonis_edge.console.auth import AuthError, ConsoleStore
+
+    store = ConsoleStore(datadir)
+    if not store.users_path.exists():
+        # no users, rather than a generated admin and its WARNING in every test's log: the
+        # tests of the first start remove this file (tests/test_console_auth.py)
+        store.dir.mkdir(parents=True, exist_ok=True)
+        store.users_path.write_text('{"version": 1, "users": {}}')
+    try:
+        return store.create_token(name, role)
+    except AuthError:
+        store.revoke_token(name)
+        return store.create_token(name, role)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

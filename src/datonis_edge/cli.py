@@ -1,4 +1,4 @@
-"""The `datonis-edge` command: run, demo, status, config, declined, platform-sim."""
+"""The `datonis-edge` command: run, demo, status, config, declined, console, platform-sim."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import typer
 
 from . import __version__, logs
 from .config import ConfigError
+from .console.commands import app as console_app
 from .root_config import Config, load_config
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ declined_app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 app.add_typer(declined_app, name="declined")
+app.add_typer(console_app, name="console")
 
 EXIT_CONFIG = 2
 
@@ -131,11 +133,21 @@ def run(
         ),
     ] = None,
     http_port: Annotated[
-        int, typer.Option("--http-port", envvar="DATONIS_EDGE_HTTP_PORT", help="Console/API port.")
-    ] = 8080,
+        int | None,
+        typer.Option(
+            "--http-port",
+            envvar="DATONIS_EDGE_HTTP_PORT",
+            help="Console/API port (default: console.port of the config, else 8080).",
+        ),
+    ] = None,
     http_host: Annotated[
-        str, typer.Option("--http-host", envvar="DATONIS_EDGE_HTTP_HOST")
-    ] = "0.0.0.0",
+        str | None,
+        typer.Option(
+            "--http-host",
+            envvar="DATONIS_EDGE_HTTP_HOST",
+            help="Console address (default: console.host of the config, else 0.0.0.0).",
+        ),
+    ] = None,
     instance_id: Annotated[
         str | None, typer.Option("--instance-id", envvar="DATONIS_EDGE_INSTANCE_ID")
     ] = None,
@@ -146,12 +158,15 @@ def run(
     setup_logging(log_level, log_format)
     _check_datadir(datadirpath)
     cfg = _import_config(datadirpath, config)
+    from .console.tls import TlsError
     from .instance import run_instance
     from .serving import PortError
 
+    port = http_port or cfg.console.port or 8080
+    host = http_host or cfg.console.host or "0.0.0.0"
     try:
-        code = _run_loop(run_instance(datadirpath, cfg, http_port, http_host, instance_id))
-    except PortError as exc:
+        code = _run_loop(run_instance(datadirpath, cfg, port, host, instance_id))
+    except (PortError, TlsError) as exc:
         raise fail(str(exc)) from None
     if code != 0:
         # mastership lost: leave now, even if a file call is stuck on a hung NFS server

@@ -70,6 +70,7 @@ class Supervisor:
         heartbeat_s: float = 1.0,
         stall_limit_s: float = 5.0,
         console_host: str = "0.0.0.0",
+        console_scheme: str = "http",
     ) -> None:
         self.datadir = datadir
         self.config = config
@@ -81,6 +82,7 @@ class Supervisor:
         self.heartbeat_s = heartbeat_s
         self.stall_limit_s = stall_limit_s
         self.console_host = console_host
+        self.console_scheme = console_scheme  # https when the console has a certificate
         self.ha = HaFiles(datadir)
         self.lock = DataDirLock(self.ha.lock_path)
         self.alerts = Alerts()
@@ -101,7 +103,7 @@ class Supervisor:
     @property
     def console_url(self) -> str:
         host = socket.gethostname() if self.console_host in ("0.0.0.0", "::") else self.console_host
-        return f"http://{host}:{self.http_port}"
+        return f"{self.console_scheme}://{host}:{self.http_port}"
 
     def _identity(self) -> dict[str, Any]:
         return {

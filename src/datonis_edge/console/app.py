@@ -1,18 +1,26 @@
 """The console's ASGI app. It reads a status snapshot and calls a small service interface;
-it never reaches into adapters or uplinks."""
+it never reaches into adapters or uplinks. Every route is behind the auth gate (auth/gate.py):
+a page or an API route added here is protected without doing anything."""
 
 from __future__ import annotations
 
-from importlib import resources
+import asyncio
+import logging
 from typing import Any, Protocol
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from .auth import Auth
+from .auth.gate import AuthGate, client_address, principal_of
 from .metrics import metrics_registry
+from .templating import render
+
+log = logging.getLogger("datonis_edge.console")
 
 
 class ConsoleService(Protocol):
@@ -28,9 +36,18 @@ class ConsoleService(Protocol):
 REPLAY_BODY = 'body must be JSON: {"ids": ["<declined id>", ...]}, or empty (or {}) for all'
 
 
-def create_app(service: ConsoleService) -> Starlette:
+def create_app(service: ConsoleService, auth: Auth) -> AuthGate:
     registries = metrics_registry(service.snapshot)
-    page = resources.files(__package__).joinpath("status.html").read_text(encoding="utf-8")
+
+    async def audit(request: Request, action: str, **details: Any) -> None:
+        principal = principal_of(request)
+        who = principal.label if principal else "?"
+        try:
+            await asyncio.to_thread(
+                auth.audit.record, who, action, client_address(request), **details
+            )
+        except OSError as exc:
+            log.error("cannot write the audit log %s (%s); check the disk", auth.audit.path, exc)
 
     async def status(_: Request) -> JSONResponse:
         return JSONResponse(service.snapshot())
@@ -77,24 +94,36 @@ def create_app(service: ConsoleService) -> Starlette:
             if ids == []:  # none asked for (the store reads an empty list as all)
                 return JSONResponse({"replayed_events": 0})
         count = await service.replay(ids)
+        await audit(request, "declined_replay", ids=ids or "all", events=count)
         return JSONResponse({"replayed_events": count})
+
+    async def replay_page(request: Request) -> Response:
+        if service.snapshot()["role"] != "master":
+            return Response("this instance is standby; replay on the master\n", status_code=409)
+        count = await service.replay(None)
+        await audit(request, "declined_replay", ids="all", events=count)
+        return RedirectResponse(f"/?replayed={count}", status_code=303)
 
     async def metrics(_: Request) -> Response:
         return Response(
             b"".join(generate_latest(r) for r in registries), media_type=CONTENT_TYPE_LATEST
         )
 
-    async def index(_: Request) -> HTMLResponse:
-        return HTMLResponse(page)
+    async def index(request: Request) -> Response:
+        return render(request, "status.html")
 
-    return Starlette(
+    app = Starlette(
         routes=[
+            *auth.routes,
             Route("/", index),
+            Route("/declined/replay", replay_page, methods=["POST"]),
             Route("/api/v1/status", status),
             Route("/api/v1/declined", declined),
             Route("/api/v1/declined/replay", replay, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            Mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static"),
         ]
     )
+    return auth.gate(app)

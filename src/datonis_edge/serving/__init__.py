@@ -101,7 +101,14 @@ class _Server(uvicorn.Server):
             )
 
         acceptors = [
-            _Acceptor(sock, make_protocol, self.limits.max_connections, self.alarms)
+            _Acceptor(
+                sock,
+                make_protocol,
+                self.limits.max_connections,
+                self.alarms,
+                config.ssl,  # HTTPS: uvicorn's context from ssl_certfile / ssl_keyfile
+                self.limits.header_timeout,
+            )
             for sock in sockets or []
         ]
         for acceptor in acceptors:

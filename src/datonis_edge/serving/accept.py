@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 
 from .limits import _ACCEPTS_PER_WAKEUP, _TOO_MANY, _Alarms
@@ -41,8 +42,12 @@ class _Acceptor:
         make_protocol: Callable[[_Slot], asyncio.Protocol],
         max_connections: int,
         alarms: _Alarms,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.sock = sock
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
         self.make_protocol = make_protocol
         self.max_connections = max_connections
         self.alarms = alarms
@@ -99,7 +104,12 @@ class _Acceptor:
 
     async def _connect(self, conn: socket.socket, slot: _Slot) -> None:
         try:
-            await self.loop.connect_accepted_socket(lambda: self.make_protocol(slot), conn)
+            await self.loop.connect_accepted_socket(
+                lambda: self.make_protocol(slot),
+                conn,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
+            )
         except Exception:  # the peer left before we got to it
             conn.close()
             slot.release()

@@ -1,18 +1,4 @@
-<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>datonis-edge</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
-h1{font-size:1.4rem} table{border-collapse:collapse;margin:.5rem 0 1.5rem}
-td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
-.master{color:#060}.standby{color:#a60}.err{color:#b00}
-</style></head>
-<body>
-<h1>datonis-edge <span id="role"></span></h1>
-<div id="summary"></div>
-<h2>Services</h2><table id="services"></table>
-<h2>Uplink</h2><table id="uplinks"></table>
-<h2>Recent alerts</h2><table id="alerts"></table>
-<script>
+// The status page: the status API every second, as tables.
 function esc(s){return String(s ?? "").replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]))}
 function rows(el, items, cols){
   el.innerHTML = "<tr>"+cols.map(c=>"<th>"+c+"</th>").join("")+"</tr>" +
@@ -20,7 +6,9 @@ function rows(el, items, cols){
 }
 async function refresh(){
   try{
-    const s = await (await fetch("api/v1/status")).json();
+    const r = await fetch("/api/v1/status", {credentials: "same-origin"});
+    if (r.status === 401) { location.href = "/login?next=/"; return; }
+    const s = await r.json();
     const role = document.getElementById("role");
     role.textContent = "— " + s.role + " (epoch " + s.epoch + ")"; role.className = s.role;
     let html = "<p>instance <b>"+esc(s.instance_id)+"</b></p>";
@@ -33,5 +21,3 @@ async function refresh(){
   }catch(e){ document.getElementById("role").textContent = "— unreachable"; }
 }
 refresh(); setInterval(refresh, 1000);
-</script>
-</body></html>
