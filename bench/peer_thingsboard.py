@@ -1,0 +1,145 @@
+"""This gateway beside ThingsBoard IoT Gateway 3.8, on the same MQTT → MQTT pipeline.
+
+    load (bench/peer/load.py, QoS 1 or 0, 3 datapoints a message)
+      → southbound mosquitto → gateway (its MQTT listener, its durable store)
+      → northbound mosquitto → sink (bench/peer/sink.py: distinct datapoints, duplicates)
+
+- datonis-edge: `mqtt_listener` (timestamp_key ts) → outbox → `mqtt_broker` uplink
+  (bulk_max_elements 500, bulk_transmit_interval_ms 200, the rest default);
+- ThingsBoard IoT Gateway 3.8.5 in its own venv (bench/peer/thingsboard.py): MQTT connector,
+  JSON converter, sqlite storage, the northbound broker as "the ThingsBoard server"; its update
+  check and any connection beyond loopback switched off (bench/peer/tb_launch.py).
+
+Rising rates per gateway and QoS, a series stopping once the gateway falls behind (delivered
+< 80 % of offered, or > 1 % lost); then, per gateway, outages of the northbound broker (stopped,
+started again on the same port) with the load going on (QoS 1) until the broker is back.
+Prints one JSON line per step and, at the end, one Markdown table.
+
+    python bench/peer_thingsboard.py            # full: 1k-20k msg/s x 15 s, outages 20 s, 120 s
+    python bench/peer_thingsboard.py --quick    # smoke: 1k and 5k msg/s x 4 s, one 10 s outage
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import re
+import tempfile
+from pathlib import Path
+
+from common import report
+from peer import thingsboard
+from peer.pipeline import Pipeline, Row, run_outage, run_rate
+
+GATEWAYS = ("datonis-edge", "thingsboard")
+FULL_RATES = (1000, 2000, 3000, 5000, 10_000, 20_000)
+QUICK_RATES = (1000, 5000)
+OUTAGE_RATE = 1000
+
+
+def series(gateway: str, qos: int, rates: tuple[int, ...], seconds: float, tb: Path | None):
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix=f"bench-peer-{gateway}-") as d:
+        pipeline = Pipeline(Path(d), gateway, tb)
+        try:
+            pipeline.start()
+            for rate in rates:
+                row = run_rate(pipeline, qos, rate, seconds, quiet_s=10)
+                rows.append(_report(row))
+                if row.behind:
+                    break
+        finally:
+            pipeline.stop()
+    return rows
+
+
+def outages(gateway: str, lengths: tuple[float, ...], before_s: float, tb: Path | None):
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix=f"bench-peer-{gateway}-") as d:
+        pipeline = Pipeline(Path(d), gateway, tb)
+        try:
+            pipeline.start()
+            for outage_s in lengths:
+                rows.append(_report(run_outage(pipeline, OUTAGE_RATE, outage_s, before_s, 20)))
+        finally:
+            pipeline.stop()
+    return rows
+
+
+def check_loopback(tb: Path) -> None:
+    """ThingsBoard's gateway under strace for a short run (start, 1,000 msg/s for 3 s, stop):
+    every connect/sendto of every thread is recorded, and one beyond loopback fails the bench
+    (Pipeline.stop raises), as does a `BLOCKED` line of tb_launch.py's guard."""
+    with tempfile.TemporaryDirectory(prefix="bench-peer-strace-") as d:
+        pipeline = Pipeline(Path(d), "thingsboard", tb, strace=True)
+        try:
+            pipeline.start()
+            pipeline.publish("strace", 1000, 3.0, 1)
+        finally:
+            pipeline.stop()
+        trace = (Path(d) / "tb.strace").read_text(errors="replace")
+    connects = [line for line in trace.splitlines() if "connect(" in line]
+    report(
+        "peer thingsboard loopback check",
+        connect_calls=len(connects),
+        beyond_loopback=0,
+        addresses=sorted(set(re.findall(r'inet_addr\("([^"]+)"\)', trace))),
+    )
+
+
+def _report(row: Row) -> Row:
+    report(f"peer {row.gateway} qos{row.qos} {row.step} {row.rate}/s", **dataclasses.asdict(row))
+    return row
+
+
+def table(rows: list[Row]) -> str:
+    def num(x: float | None, digits: int = 0) -> str:
+        return "—" if x is None else f"{x:,.{digits}f}"
+
+    lines = [
+        "| gateway | QoS | offered msg/s | dp/s delivered | lost dp | duplicate dp | CPU % of a core"
+        " | peak RSS MB | first delivery after the outage, s | drain dp/s after it |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        offered = f"{r.rate:,}" + ("" if r.step == "rate" else f" + {r.step}")
+        if r.notes:
+            offered += f" ({'; '.join(r.notes)})"
+        lines.append(
+            f"| {r.gateway} | {r.qos} | {offered} | {num(r.delivered_dps)} | {r.lost:,}"
+            f" | {r.duplicates:,} | {num(r.cpu_pct)} | {num(r.rss_mb)}"
+            f" | {num(r.first_delivery_s, 2)} | {num(r.drain_dps)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="This gateway beside ThingsBoard IoT Gateway.")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--gateway", choices=GATEWAYS, action="append", help="only these")
+    parser.add_argument("--qos", type=int, choices=(0, 1), action="append", help="only these")
+    parser.add_argument("--no-outage", action="store_true", help="rates only")
+    parser.add_argument("--only-outage", action="store_true", help="outages only")
+    args = parser.parse_args()
+    rates = QUICK_RATES if args.quick else FULL_RATES
+    seconds = 4.0 if args.quick else 15.0
+    lengths = (10.0,) if args.quick else (20.0, 120.0)
+    gateways = args.gateway or list(GATEWAYS)
+    tb = thingsboard.ensure_venv() if "thingsboard" in gateways else None
+    if tb:
+        check_loopback(tb)
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows: list[Row] = []
+    if not args.only_outage:
+        for qos in args.qos or (1, 0):
+            for gateway in gateways:
+                rows += series(gateway, qos, rates, seconds, tb)
+    if not args.no_outage:
+        for gateway in gateways:
+            rows += outages(gateway, lengths, 3.0 if args.quick else 5.0, tb)
+    print(f"\n{started}, {'quick' if args.quick else 'full'} run\n\n{table(rows)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
