@@ -11,6 +11,7 @@ import commit_window
 import delivery
 import failover
 import ingest
+import instructions
 import modbus
 import reconnect
 import simulator
@@ -35,3 +36,4 @@ if __name__ == "__main__":
         reconnect.run(120)
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
+    instructions.run(100 if quick else 1000)
