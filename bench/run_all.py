@@ -13,6 +13,7 @@ import failover
 import ingest
 import instructions
 import modbus
+import peer_thingsboard
 import reconnect
 import simulator
 
@@ -36,4 +37,6 @@ if __name__ == "__main__":
         reconnect.run(120)
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
+    # beside ThingsBoard IoT Gateway: its quick form here; the full one (~20 min) with --peer-full
+    peer_thingsboard.run(quick="--peer-full" not in sys.argv)
     instructions.run(100 if quick else 1000)
