@@ -114,6 +114,33 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def run(
+    quick: bool = False,
+    gateways: list[str] | None = None,
+    qos_levels: list[int] | None = None,
+    rates_too: bool = True,
+    outages_too: bool = True,
+) -> list[Row]:
+    rates = QUICK_RATES if quick else FULL_RATES
+    seconds = 4.0 if quick else 15.0
+    lengths = (10.0,) if quick else (20.0, 120.0)
+    gateways = gateways or list(GATEWAYS)
+    tb = thingsboard.ensure_venv() if "thingsboard" in gateways else None
+    if tb:
+        check_loopback(tb)
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows: list[Row] = []
+    if rates_too:
+        for qos in qos_levels or (1, 0):
+            for gateway in gateways:
+                rows += series(gateway, qos, rates, seconds, tb)
+    if outages_too:
+        for gateway in gateways:
+            rows += outages(gateway, lengths, 3.0 if quick else 5.0, tb)
+    print(f"\n{started}, {'quick' if quick else 'full'} run\n\n{table(rows)}\n", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="This gateway beside ThingsBoard IoT Gateway.")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -122,23 +149,7 @@ def main() -> None:
     parser.add_argument("--no-outage", action="store_true", help="rates only")
     parser.add_argument("--only-outage", action="store_true", help="outages only")
     args = parser.parse_args()
-    rates = QUICK_RATES if args.quick else FULL_RATES
-    seconds = 4.0 if args.quick else 15.0
-    lengths = (10.0,) if args.quick else (20.0, 120.0)
-    gateways = args.gateway or list(GATEWAYS)
-    tb = thingsboard.ensure_venv() if "thingsboard" in gateways else None
-    if tb:
-        check_loopback(tb)
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rows: list[Row] = []
-    if not args.only_outage:
-        for qos in args.qos or (1, 0):
-            for gateway in gateways:
-                rows += series(gateway, qos, rates, seconds, tb)
-    if not args.no_outage:
-        for gateway in gateways:
-            rows += outages(gateway, lengths, 3.0 if args.quick else 5.0, tb)
-    print(f"\n{started}, {'quick' if args.quick else 'full'} run\n\n{table(rows)}", flush=True)
+    run(args.quick, args.gateway, args.qos, not args.only_outage, not args.no_outage)
 
 
 if __name__ == "__main__":
