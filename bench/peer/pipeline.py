@@ -35,6 +35,7 @@ class Row:
     rss_mb: float = 0.0
     first_delivery_s: float | None = None
     drain_dps: float | None = None
+    lag_s: float = 0.0  # the last delivery after the last publish
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -237,6 +238,7 @@ def run_rate(p: Pipeline, qos: int, rate: int, seconds: float, quiet_s: float) -
     row.lost = sent * KEYS - c["distinct"]
     row.duplicates = c["total"] - c["distinct"]
     row.cpu_pct = 100 * (clock.at(end) - clock.at(t0)) / max(end - t0, 1e-6)
+    row.lag_s = end - (t0 + max(r["seconds"] for r in results))
     row.rss_mb = peak_rss_mb(p.pid)
     if row.achieved < 0.95 * rate:
         row.notes.append(f"publishers reached {row.achieved:,.0f} msg/s")
