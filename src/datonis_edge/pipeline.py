@@ -217,6 +217,7 @@ class Pipeline:
         """Stop forwarding at once (mastership lost): no more batches leave this process."""
         self.state = "stopped"
         self.parts.abort()
+        self.instructions.abort()
 
     async def replay(self, ids: list[str] | None) -> int:
         return await self.housekeeping.replay(ids)

@@ -59,6 +59,7 @@ class InstructionEngine:
         self.status.state = "ready"
         self.queue: asyncio.Queue[Record] = asyncio.Queue()
         self._acks: set[asyncio.Task[None]] = set()
+        self._recovered: list[Record] = []  # what open() found, taken over once by run()
         self._once = OnceLogger(log)
         for name in ("received", "executed", "failed", "rejected", "acknowledged"):
             self.status.counters[name] = 0
@@ -68,6 +69,7 @@ class InstructionEngine:
     def open(self) -> list[Record]:
         """Load DIR/instructions/ (blocking; run in a thread): what a previous master left."""
         records = self.store.open()
+        self._recovered = list(records)
         self._update_pending()
         return records
 
@@ -131,7 +133,8 @@ class InstructionEngine:
 
     async def run(self) -> None:
         """Take over what a previous master left, then execute arrivals one at a time."""
-        for record in list(self.store.pending.values()):
+        recovered, self._recovered = self._recovered, []
+        for record in recovered:
             if record.state == "received":
                 self.queue.put_nowait(record)
             elif record.state == "executing":
@@ -240,6 +243,11 @@ class InstructionEngine:
 
     def _update_pending(self) -> None:
         self.status.details["pending"] = len(self.store.pending)
+
+    def abort(self) -> None:
+        """Mastership lost: nothing more leaves this process."""
+        for task in list(self._acks):
+            task.cancel()
 
     async def close(self) -> None:
         """Stop acknowledging; what is not acknowledged stays in DIR/instructions/."""
