@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Any
 
 import aiohttp
@@ -33,7 +34,15 @@ from ..base import (
     redact_url,
 )
 from .config import DatonisHttpCloud
-from .transport import PROXY_AUTH_HINT, explain, open_session, route
+from .transport import (
+    explain,
+    from_proxy,
+    open_session,
+    proxy_refused,
+    route,
+    tls_alert,
+    tls_context,
+)
 
 ALERT_LEVELS = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 COMPRESS_OVER = 1024  # bytes: smaller bodies go as they are (spec §9)
@@ -51,6 +60,7 @@ class DatonisHttpUplink(Uplink):
         self._session: aiohttp.ClientSession | None = None
         self._base = cloud.endpoint.rstrip("/")
         self._route = route(cloud)  # the proxy when one is configured: what the probe tries
+        self._tls = tls_context(cloud)
         self._unreachable = False  # the last request could not even connect
         self._probe: asyncio.Task[None] | None = None
         self.status.details["endpoint"] = shown
@@ -62,7 +72,7 @@ class DatonisHttpUplink(Uplink):
     async def start(self) -> None:
         # aiohttp rather than httpx here: on this path httpx's async stack costs about 2 ms
         # of CPU per request, aiohttp about 0.4 ms (see docs/benchmarks.md)
-        self._session = open_session(self.cloud, self._route)
+        self._session = open_session(self.cloud, self._route, self._tls)
         self.status.state = "ready"
 
     async def close(self) -> None:
@@ -80,6 +90,7 @@ class DatonisHttpUplink(Uplink):
             "Content-Type": "application/json",
             "X-Access-Key": self._access,
             "X-Dtn-Signature": sign(self._secret, body),  # over the JSON, compressed or not
+            **self._route.request_headers,
             **(extra or {}),
         }
         wire = body
@@ -95,16 +106,13 @@ class DatonisHttpUplink(Uplink):
                 data=wire,
                 headers=headers,
                 proxy=self._route.proxy,
-                proxy_auth=self._route.proxy_auth,
+                proxy_headers=self._route.proxy_headers,
             ) as resp:
                 text = await resp.text(errors="replace")
                 self._unreachable = False
-                if resp.status == 407:  # the proxy answered, not the platform
+                if from_proxy(resp.status, resp.headers.get("WWW-Authenticate")):
                     return Outcome(
-                        OutcomeKind.RETRY,
-                        407,
-                        f"{self._route.via} refused the credentials (407 Proxy Authentication "
-                        f"Required); {PROXY_AUTH_HINT}",
+                        OutcomeKind.RETRY, resp.status, proxy_refused(self._route, resp.status)
                     )
                 return outcome_for(resp.status, text, resp.headers.get("Retry-After"))
         except TimeoutError:
@@ -117,7 +125,21 @@ class DatonisHttpUplink(Uplink):
             self._unreachable = isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
                 exc, aiohttp.ClientSSLError
             )
-            return Outcome(OutcomeKind.RETRY, None, explain(exc, self.cloud, self._route))
+            return Outcome(OutcomeKind.RETRY, None, await self._explain(exc))
+
+    async def _explain(self, exc: BaseException) -> str:
+        reason = explain(exc, self.cloud, self._route)
+        dropped = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        if (
+            dropped
+            and self._tls is not None
+            and self._route.proxy is None
+            and not isinstance(exc, aiohttp.ClientConnectorError)
+        ):  # a TLS 1.3 server refusing our certificate (or its absence) just hangs up
+            alert = await tls_alert(self._route.host, self._route.port, self._tls, 2.0)
+            if alert:
+                reason = explain(ssl.SSLError(alert), self.cloud, self._route)
+        return reason
 
     async def wait_reachable(self) -> None:
         """A TCP connect to the endpoint every REACHABILITY_PROBE_S until one succeeds
