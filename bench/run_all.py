@@ -12,6 +12,7 @@ import delivery
 import failover
 import ingest
 import instructions
+import lzf_bodies
 import modbus
 import peer_thingsboard
 import reconnect
@@ -40,3 +41,4 @@ if __name__ == "__main__":
     # beside ThingsBoard IoT Gateway: its quick form here; the full one (~20 min) with --peer-full
     peer_thingsboard.run(quick="--peer-full" not in sys.argv)
     instructions.run(100 if quick else 1000)
+    lzf_bodies.run(quick)

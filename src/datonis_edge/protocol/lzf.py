@@ -11,7 +11,7 @@ of (byte + 1) bytes; any other is a back-reference: length (byte >> 5) + 2, wher
 end of the output.
 
 The C binding (`python-neo-lzf`, module `lzf`) does the work where it is installed; the pure
-Python codec below is the fallback (about 1 MB/s to compress, see docs/benchmarks.md) and the
+Python codec below is the fallback (1-4 MB/s to compress, see docs/benchmarks.md) and the
 reference the tests hold the binding to. Decoding is bounded either way: a chunk never yields
 more than its header declares, and a body never more than `max_size`; damaged input raises
 LZFError naming the byte where it went wrong.
