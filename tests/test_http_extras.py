@@ -398,6 +398,19 @@ async def test_client_certificate_for_a_platform_that_asks_for_one(tmp_path, pki
         out, status = await send(sim, _events(2), ca_file=ca)
         assert out.kind is OutcomeKind.RETRY
         assert "client certificate" in status.last_error and "set client_cert" in status.last_error
+        # a certificate the platform's client CA did not sign
+        rogue = tmp_path / "rogue"
+        cert, key = _issue("rogue-gateway", None)
+        _write(rogue, cert, key)
+        out, status = await send(
+            sim,
+            _events(2),
+            ca_file=ca,
+            client_cert=str(rogue.with_suffix(".pem")),
+            client_key=str(rogue.with_suffix(".key")),
+        )
+        assert out.kind is OutcomeKind.RETRY
+        assert f"client_cert {rogue.with_suffix('.pem')} is not one it trusts" in status.last_error
         assert len(sim.events()) == 2
     finally:
         sim.stop()
