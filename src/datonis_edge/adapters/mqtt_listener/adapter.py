@@ -26,20 +26,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ...logs import OnceLogger, json_line
-from ...readings import MAX_DEPTH, InvalidReading, check_reading
+from ...readings import InvalidReading
 from ..base import Adapter, ReadingSink, Rejected
+from .client import Inbox, ListenerClient, Received
 from .config import MqttListenerService
+from .payload import parse_payload
 
 log = logging.getLogger(__name__)
 
-
-MAX_BATCHES_IN_FLIGHT = 64
-"""Batches of messages stored and not yet acknowledged at once (each waits for its commit)."""
+__all__ = ["MalformedFile", "MqttListenerAdapter", "malformed_record", "parse_payload"]
 
 MALFORMED_MAX_BYTES = 10 << 20
 """A service's malformed/ file is rotated to `.1` beyond this size; one old file is kept."""
@@ -48,73 +47,21 @@ MALFORMED_MAX_PAYLOAD = 1 << 20
 """Bytes of a malformed payload kept for inspection; a longer one is cut (its size is noted)."""
 
 
-TO_MS: dict[str, float] = {"s": 1000, "ms": 1, "us": 1 / 1000, "ns": 1 / 1_000_000}
-"""What one unit of `timestamp_unit` is in milliseconds."""
+MAX_BATCHES_IN_FLIGHT = 64
+"""Batches of messages stored and not yet acknowledged at once (each waits for its commit)."""
 
+MAX_BATCH = 5000
+"""Messages stored as one batch at most."""
 
-def to_ms(ts: Any, unit: str) -> Any:
-    """A payload's time in `unit` as epoch ms; anything but a number is left to the check."""
-    if unit == "ms" or type(ts) not in (int, float):
-        return ts
-    if type(ts) is int and unit != "s":
-        return ts // (1000 if unit == "us" else 1_000_000)  # exact, even beyond 2**53
-    ms = ts * TO_MS[unit]
-    return int(ms) if -1e300 < ms < 1e300 else ms  # inf/nan: the check says what is wrong
+MAX_HELD = 20_000
+"""Messages held (received, not yet acknowledged) at most; beyond it the listener stops
+reading and the broker holds the rest (see client.Inbox)."""
 
+BEHIND_AFTER_S = 5.0
+"""The listener is behind when it had to stop reading, or its oldest message waited this long."""
 
-def parse_payload(
-    topic: str,
-    payload: bytes | bytearray,
-    topic_level: int | None,
-    now_ms: int,
-    timestamp_key: str = "timestamp",
-    timestamp_unit: str = "ms",
-    data_key: str = "data",
-) -> dict[str, Any]:
-    """The reading in one message, checked by `readings.check_reading`; raises InvalidReading.
-
-    The time is the payload's `timestamp_key` in `timestamp_unit` (ThingsBoard: `ts`, ms),
-    never a datapoint; the values are under `data_key` (ThingsBoard: `values`), or, without
-    it, every other key of the object."""
-    try:
-        obj = orjson.loads(payload)
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, RecursionError) or "depth limit" in str(exc):
-            raise InvalidReading(
-                f"payload is nested too deep; at most {MAX_DEPTH} levels are accepted in data"
-            ) from None
-        raise InvalidReading(f"payload is not JSON ({exc})") from None
-    if type(obj) is not dict:
-        raise InvalidReading("payload must be a JSON object: an event, or tag: value pairs")
-    thing_key: Any
-    if topic_level is not None:
-        levels = topic.split("/")
-        if topic_level >= len(levels) or not levels[topic_level]:
-            raise InvalidReading(f"topic has no level {topic_level} to take the thing_key from")
-        thing_key = levels[topic_level]
-    else:
-        thing_key = obj.get("thing_key")
-        if thing_key is None:
-            raise InvalidReading("payload has no thing_key (or set thing_key_topic_level)")
-    ts = to_ms(obj.get(timestamp_key), timestamp_unit)
-    if data_key in obj:
-        data = obj[data_key]
-    else:
-        data = {k: v for k, v in obj.items() if k != "thing_key" and k != timestamp_key}
-    try:
-        return check_reading(
-            {"thing_key": thing_key, "timestamp": ts, "data": data}, now_ms, where="payload"
-        )
-    except InvalidReading as exc:
-        if timestamp_key == "timestamp" and timestamp_unit == "ms":
-            raise
-        if not exc.reason.startswith("payload.timestamp:"):
-            raise
-        # name the key the producer sent, and the unit it was read in
-        why = exc.reason.removeprefix("payload.timestamp:")
-        raise InvalidReading(
-            f"payload.{timestamp_key} (in {timestamp_unit}, as epoch ms):{why}"
-        ) from None
+CAUGHT_UP_BELOW_S = 1.0
+LAG_EVERY_S = 1.0
 
 
 class MalformedFile:
@@ -176,7 +123,9 @@ class MqttListenerAdapter(Adapter):
         super().__init__(config, sink, workdir)
         self.config: MqttListenerService = config
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
+        self._inbox = Inbox(MAX_HELD)
+        self._behind_since: float | None = None
+        self._stored_at_behind = 0
         self._once = OnceLogger(log)  # at most one line a minute for each kind of fault
         self._malformed = (
             MalformedFile(workdir / "malformed" / f"{_file_name(config.name)}.jsonl")
@@ -187,9 +136,9 @@ class MqttListenerAdapter(Adapter):
             {"broker": f"{config.host}:{config.port}", "topics": list(config.topics)}
         )
 
-    def _client(self) -> mqtt.Client:
+    def _client(self) -> ListenerClient:
         cfg = self.config
-        client = mqtt.Client(
+        client = ListenerClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or f"datonis-edge-{cfg.name}",
             clean_session=False,
@@ -201,7 +150,8 @@ class MqttListenerAdapter(Adapter):
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
+        client.on_message = self._on_message  # (QoS 2, MQTT 5: not subscribed)
+        client.deliver = self._deliver
         return client
 
     # paho callbacks run on paho's network thread: hand everything to the event loop
@@ -213,12 +163,16 @@ class MqttListenerAdapter(Adapter):
         client.subscribe([(t, int(self.config.qos)) for t in self.config.topics])
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        self._call(self.status.count, "disconnects")
         self._call(
             self.status.error, f"disconnected from broker ({rc}); reconnecting", "disconnected"
         )
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._call(self._inbox.put_nowait, msg)
+        self._inbox.put(msg)
+
+    def _deliver(self, msg: Received) -> None:
+        self._inbox.put(msg)  # waits while MAX_HELD messages are held: the listener stops reading
 
     def _call(self, fn: Any, *args: Any) -> None:
         if self._loop is not None:
@@ -240,6 +194,8 @@ class MqttListenerAdapter(Adapter):
         previous: asyncio.Task[None] | None = None
         failure: list[BaseException] = []
         me = asyncio.current_task()
+        inbox = self._inbox
+        watch = asyncio.create_task(self._watch_lag(inbox))
 
         def settled(task: asyncio.Task[None]) -> None:
             room.release()
@@ -251,12 +207,10 @@ class MqttListenerAdapter(Adapter):
 
         try:
             while True:
-                first = await self._inbox.get()
-                batch = [first]
-                while not self._inbox.empty() and len(batch) < 5000:
-                    batch.append(self._inbox.get_nowait())
+                batch = await inbox.take(MAX_BATCH)
                 await room.acquire()
                 previous = asyncio.create_task(self._store(client, batch, previous))
+                previous.add_done_callback(lambda _t: inbox.done())
                 stores.add(previous)
                 previous.add_done_callback(settled)
         except asyncio.CancelledError:
@@ -264,14 +218,52 @@ class MqttListenerAdapter(Adapter):
                 raise failure[0] from None
             raise
         finally:
+            watch.cancel()
             for task in stores:  # not acknowledged: the broker sends them again
                 task.cancel()
+            inbox.close()  # paho's thread must not wait for room any more
+            self._inbox = Inbox(MAX_HELD)
             client.disconnect()
             client.loop_stop()
 
+    async def _watch_lag(self, inbox: Inbox) -> None:
+        """Show the backlog in the status; say once when the listener falls behind, once when
+        it has caught up."""
+        details = self.status.details
+        while True:
+            await asyncio.sleep(LAG_EVERY_S)
+            held, age, waited = inbox.lag()
+            details["backlog_messages"] = held
+            details["backlog_age_s"] = round(age, 3)
+            stored = self.status.counters.get("messages", 0)
+            if self._behind_since is None and (waited or age >= BEHIND_AFTER_S):
+                self._behind_since, self._stored_at_behind = time.monotonic(), stored
+                details["behind"] = True
+                log.warning(
+                    "services '%s': falling behind the broker at %s: %d messages waiting, the "
+                    "oldest for %.1f s; it reads no faster than it stores and the broker holds "
+                    "the rest (nothing is lost if the broker's max_queued_messages is 0 or large "
+                    "enough, see docs/durability.md); slow the producers, or give the gateway "
+                    "more CPU or faster storage",
+                    self.config.name,
+                    details["broker"],
+                    held,
+                    age,
+                )
+            elif self._behind_since is not None and not waited and age < CAUGHT_UP_BELOW_S:
+                log.info(
+                    "services '%s': caught up with the broker after %.0f s (%d messages stored "
+                    "meanwhile)",
+                    self.config.name,
+                    time.monotonic() - self._behind_since,
+                    stored - self._stored_at_behind,
+                )
+                self._behind_since = None
+                details["behind"] = False
+
     async def _store(
         self,
-        client: mqtt.Client,
+        client: ListenerClient,
         batch: list[mqtt.MQTTMessage],
         previous: asyncio.Task[None] | None = None,
     ) -> None:
@@ -304,9 +296,12 @@ class MqttListenerAdapter(Adapter):
             await self._set_aside(bad, now)
         if previous is not None:
             await asyncio.wait([previous])  # its outcome is its own; only its order matters
-        for msg in batch:  # stored or set aside: acknowledge
-            if msg.qos > 0:
-                client.ack(msg.mid, msg.qos)
+        mids = [msg.mid for msg in batch if msg.qos > 0]  # stored or set aside: acknowledge
+        if isinstance(client, ListenerClient):
+            client.ack_many(mids)
+        else:
+            for mid in mids:
+                client.ack(mid, 1)
 
     async def _sink_all(
         self, good: list[tuple[mqtt.MQTTMessage, dict[str, Any]]]

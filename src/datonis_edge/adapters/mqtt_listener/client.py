@@ -1,0 +1,196 @@
+"""The mqtt_listener's side of the wire: paho made cheap per message, and a bounded inbox.
+
+paho reads one packet per turn of its loop: a select() and three or four recv() calls for
+each message, and every PUBACK queued from another thread is one more wake-up write. At tens
+of thousands of messages a second that was most of the listener's CPU. `ListenerClient` reads
+the socket 64 KiB at a time (`ReadAhead`; paho skips its select() while `pending()` says
+bytes are buffered, as it does for TLS) and acknowledges a whole batch with one write.
+
+`Inbox` hands messages from paho's network thread to the event loop and is the listener's
+back-pressure: at most `limit` messages are held (received, not yet acknowledged); beyond
+that paho's thread waits before it reads more, so TCP and the broker hold the rest. QoS 1
+messages are also bounded by the broker's inflight window, since each is acknowledged only
+once stored: paho's thread keeps reading (and answering the keep-alive) while we store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+READ_AHEAD_BYTES = 1 << 16
+PACKETS_PER_TURN = 1000  # packets read from the buffer per turn of paho's loop
+PUBACK = 0x40
+
+
+class ReadAhead:
+    """A socket whose recv() is served from a 64 KiB read-ahead buffer; `pending()` tells
+    paho's loop that buffered bytes wait (it then skips its select())."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._at = 0
+
+    def recv(self, n: int) -> bytes:
+        if self._at >= len(self._buf):
+            data = self._sock.recv(max(n, READ_AHEAD_BYTES))  # BlockingIOError: paho's "again"
+            if len(data) <= n:
+                return data
+            self._buf, self._at = data, 0
+        out = self._buf[self._at : self._at + n]
+        self._at += len(out)
+        return out
+
+    def pending(self) -> int:
+        return len(self._buf) - self._at
+
+    def __getattr__(self, name: str) -> Any:  # send, fileno, close, setblocking, ...
+        return getattr(self._sock, name)
+
+
+class Received:
+    """One PUBLISH as the listener needs it (paho's MQTTMessage, with its lock and its
+    callback matching, cost more than storing the message)."""
+
+    __slots__ = ("mid", "payload", "qos", "topic")
+
+    def __init__(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        self.topic, self.payload, self.mid, self.qos = topic, payload, mid, qos
+
+
+class ListenerClient(mqtt.Client):
+    """paho's client reading ahead, handing each MQTT 3.1.1 PUBLISH (QoS 0 or 1) to `deliver`
+    as a `Received`, and acknowledging in batches (see the module docstring). Leans on paho
+    2's `_create_socket`, `_handle_publish`, `_in_packet`, `_out_packet` and `_sockpairW`;
+    tests/test_overload.py runs it against a real broker."""
+
+    deliver: Any = None  # called on paho's thread with each Received
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        command, packet = self._in_packet["command"], self._in_packet["packet"]
+        qos = (command & 0x06) >> 1
+        if self.deliver is None or qos == 2 or self._protocol == mqtt.MQTTv5:
+            return super()._handle_publish()
+        at = 2 + int.from_bytes(packet[:2], "big")
+        topic = bytes(packet[2:at]).decode("utf-8", "replace")
+        mid = 0
+        if qos:
+            mid = int.from_bytes(packet[at : at + 2], "big")
+            at += 2
+        self.deliver(Received(topic, bytes(packet[at:]), mid, qos))
+        return mqtt.MQTT_ERR_SUCCESS
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        return ReadAhead(sock) if isinstance(sock, socket.socket) else sock
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        turns = 1
+        while (
+            rc == mqtt.MQTT_ERR_SUCCESS
+            and turns < PACKETS_PER_TURN
+            and isinstance(self._sock, ReadAhead)
+            and self._sock.pending()
+        ):
+            rc = super().loop_read(max_packets)
+            turns += 1
+        return rc
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK these QoS 1 messages in this order, in one packet write."""
+        if not mids:
+            return
+        packet = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids)
+        self._out_packet.append(
+            {
+                "command": PUBACK,
+                "mid": mids[-1],
+                "qos": 1,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": None,
+            }
+        )
+        if self._sockpairW is not None:  # wake paho's loop to write it
+            with contextlib.suppress(BlockingIOError):
+                self._sockpairW.send(b"0")
+
+
+class Inbox:
+    """Messages from paho's thread to the event loop; at most `limit` held (received and not
+    yet acknowledged). `put` (paho's thread) waits while the limit is reached: the listener
+    stops reading. The event loop `take`s a batch and calls `done` once it is acknowledged
+    (batches are acknowledged in the order they were taken)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[float, Any]] = deque()
+        self._taken: deque[tuple[float, int]] = deque()  # (first arrival, size) per batch
+        self._held = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.waited = False  # paho's thread had to wait for room since the last `lag()`
+
+    def put(self, msg: Any) -> None:
+        with self._cond:
+            while self._held >= self.limit and not self._closed:
+                self.waited = True
+                self._cond.wait(1.0)
+            self._queue.append((time.monotonic(), msg))
+            self._held += 1
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+
+    put_nowait = put  # (it waits only at the limit)
+
+    async def take(self, most: int) -> list[Any]:
+        while True:
+            with self._cond:
+                if self._queue:
+                    n = min(most, len(self._queue))
+                    first = self._queue[0][0]
+                    batch = [self._queue.popleft()[1] for _ in range(n)]
+                    self._taken.append((first, n))
+                    return batch
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
+
+    def done(self) -> None:
+        """The oldest batch taken is acknowledged (or dropped, unacknowledged, at a stop)."""
+        with self._cond:
+            if self._taken:
+                self._held -= self._taken.popleft()[1]
+                self._cond.notify()
+
+    def lag(self) -> tuple[int, float, bool]:
+        """(messages held, seconds the oldest of them has waited, whether paho's thread had
+        to wait for room since the last call)."""
+        with self._cond:
+            oldest = self._taken[0][0] if self._taken else None
+            if oldest is None and self._queue:
+                oldest = self._queue[0][0]
+            waited, self.waited = self.waited, False
+            age = time.monotonic() - oldest if oldest is not None else 0.0
+            return self._held, age, waited
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
