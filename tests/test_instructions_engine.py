@@ -429,3 +429,26 @@ async def test_opcua_instruction_writes_nodes_in_their_types(
     finally:
         await client.disconnect()
     assert values == [72.25, 3, False]
+
+
+async def test_a_surprise_in_a_write_fails_that_instruction_not_the_engine(
+    rig: Rig, modbus: ModbusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = rig.engine.mapping.rules["press-1"][0][0]
+    real_write = adapter.write
+
+    async def flaky(tag: str, value: Any) -> None:
+        if tag == "run":
+            raise RuntimeError("library bug")
+        await real_write(tag, value)
+
+    monkeypatch.setattr(adapter, "write", flaky)
+    key = await rig.send({"command": "set_speed", "value": 12})
+    assert (await rig.ack_of(key))[2:] == (
+        False,
+        "set_speed: wrote speed_sp=12; run failed: unexpected error: RuntimeError: library bug",
+    )
+    monkeypatch.setattr(adapter, "write", real_write)
+    key = await rig.send({"command": "set_speed", "value": 13})
+    assert (await rig.ack_of(key))[2] is True
+    assert await read_back(modbus.port) == (13.0, "", True)

@@ -99,6 +99,7 @@ def test_reserialisation_accepts_raw_utf8_and_interleaved_keys() -> None:
         (b"{not json", "not_json", "not JSON"),
         (b"[1,2]", "not_json", "not a JSON object"),
         (b'{"a":1,"a":2}', "not_json", "repeats the key 'a'"),
+        (b" " * (256 << 10) + b"{}", "too_large", "over the 262144 allowed"),
         (b'{"thing_key":"t1","access_key":"%s"}' % AK.encode(), "no_hash", "`hash`"),
     ],
 )

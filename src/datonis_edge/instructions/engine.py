@@ -182,6 +182,9 @@ class InstructionEngine:
             await self.mapping.check(plan)
         except WriteFailed as exc:  # a value that does not fit (ValueRefused), a device down
             return False, f"{plan.rule.name}: nothing written: {exc.reason}"
+        except Exception as exc:  # a bug or a library's surprise: fail this one, not the engine
+            log.exception("instruction %s: checking its values failed", record.alert_key)
+            return False, f"{plan.rule.name}: nothing written: {_error(exc)}"
         await asyncio.to_thread(self.store.executing, record)
         return await self._write(plan)
 
@@ -191,10 +194,11 @@ class InstructionEngine:
         for i, write in enumerate(plan.writes):
             try:
                 await write.adapter.write(write.tag, write.checked)
-            except WriteFailed as exc:
+            except Exception as exc:  # WriteFailed, or a surprise: the same answer either way
+                reason = exc.reason if isinstance(exc, WriteFailed) else _error(exc)
                 left = [w.tag for w in plan.writes[i + 1 :]]
                 parts = [f"wrote {', '.join(done)}" if done else "nothing written"]
-                parts.append(f"{write.tag} failed: {exc.reason}")
+                parts.append(f"{write.tag} failed: {reason}")
                 if left:
                     parts.append(f"not written: {', '.join(left)}")
                 return False, f"{plan.rule.name}: " + "; ".join(parts)
@@ -260,6 +264,10 @@ class InstructionEngine:
         """Until every ack in flight is through (tests, benchmarks)."""
         while self._acks:
             await asyncio.gather(*list(self._acks), return_exceptions=True)
+
+
+def _error(exc: BaseException) -> str:
+    return f"unexpected error: {exc.__class__.__name__}: {exc}"
 
 
 def _show(value: Any) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 # the signed part ends where `,"access_key":"..","hash":".."}` starts (whitespace after it allowed)
 _TAIL = re.compile(rb',"access_key":"([^"\\]*)","hash":"([0-9A-Fa-f]{64})"\}\s*\Z')
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
+# far above any instruction a plant engineer writes; refused before parsing (it is unverified)
+MAX_INSTRUCTION_BYTES = 256 << 10
 
 
 class InstructionError(ValueError):
@@ -76,6 +78,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _parse(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_INSTRUCTION_BYTES:
+        raise InstructionError(
+            "too_large",
+            f"the instruction has {len(payload)} bytes, over the {MAX_INSTRUCTION_BYTES} allowed",
+        )
     try:
         obj = json.loads(payload, object_pairs_hook=_no_duplicates)
     except InstructionError:

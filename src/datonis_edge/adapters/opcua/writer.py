@@ -74,7 +74,7 @@ class OpcUaWriter:
                 )
             except ua.UaStatusCodeError as exc:
                 raise ValueRefused(f"{tag} ({node_id}): the server says {exc}") from None
-            except (OSError, TimeoutError, ConnectionError) as exc:
+            except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
                 raise self._down(str(exc) or exc.__class__.__name__) from None
             self._types[tag] = vtype
         data_type = _TYPES.get(vtype)
@@ -95,5 +95,5 @@ class OpcUaWriter:
             raise WriteFailed(
                 f"the OPC UA server refused the write of {tag} ({self.node_ids[tag]}): {exc}"
             ) from None
-        except (OSError, TimeoutError, ConnectionError) as exc:
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
             raise self._down(str(exc) or exc.__class__.__name__) from None
