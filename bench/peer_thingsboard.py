@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import datetime
 import re
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -88,6 +89,18 @@ def check_loopback(tb: Path) -> None:
     )
 
 
+def _revision() -> str:
+    """The commit the gateway ran from, and whether src/ had uncommitted changes."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no", "src"],
+        capture_output=True,
+        text=True,
+    )
+    return head.stdout.strip() + (" + uncommitted changes in src/" if dirty.stdout.strip() else "")
+
+
 def _report(row: Row) -> Row:
     report(f"peer {row.gateway} qos{row.qos} {row.step} {row.rate}/s", **dataclasses.asdict(row))
     return row
@@ -137,7 +150,8 @@ def run(
     if outages_too:
         for gateway in gateways:
             rows += outages(gateway, lengths, 3.0 if quick else 5.0, tb)
-    print(f"\n{started}, {'quick' if quick else 'full'} run\n\n{table(rows)}\n", flush=True)
+    kind = "quick" if quick else "full"
+    print(f"\n{started}, {kind} run, gateway at {_revision()}\n\n{table(rows)}\n", flush=True)
     return rows
 
 
