@@ -3,8 +3,11 @@ mosquitto → sink, and the steps run on it (a rate step, an outage of the north
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -102,10 +105,13 @@ class Pipeline:
         if self.edge:
             self.edge.stop()
         if self.tb and self.tb.poll() is None:
-            self.tb.send_signal(2)  # SIGINT: its clean stop
+            # SIGINT is its clean stop; under strace, to the traced gateway (strace detaches)
+            gateway = _children(self.tb.pid) if self.strace else [self.tb.pid]
+            _signal(gateway, signal.SIGINT)
             try:
                 self.tb.wait(20)
             except subprocess.TimeoutExpired:
+                _signal(gateway, signal.SIGKILL)
                 self.tb.kill()
                 self.tb.wait(5)
         for proc in self.procs:
@@ -300,7 +306,16 @@ def _results(procs: list[Any]) -> list[dict[str, float]]:
     return out
 
 
-def _bench_env() -> dict[str, str]:
-    import os
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
 
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _bench_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(HERE.parent)}
