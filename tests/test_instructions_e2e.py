@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,3 +233,40 @@ def test_instruction_received_just_before_a_sigkill_is_executed_once_by_the_new_
     assert counters["executed"] == 1 and counters["received"] == 0  # received by the old master
     remembered = (shared_dir / "instructions" / "executed.jsonl").read_text()
     assert json.loads(remembered.splitlines()[-1])["alert_key"] == key
+
+
+def test_instruction_interrupted_mid_write_by_a_sigkill_is_not_repeated_and_acked_failed(
+    stack: Stack,
+    modbus: ModbusServer,
+    shared_dir: Path,
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    service = modbus_service(modbus.port)
+    service["devices"][0]["timeout_ms"] = 20_000  # the write hangs on the frozen device
+    a = gateway_factory(gateway_config(stack, service), datadir=shared_dir, name="node").start()
+    b = gateway_factory(None, datadir=shared_dir, name="node").start(wait_master=False)
+    b.wait_role("standby")
+    modbus.start()
+    wait_until(lambda: a.status()["uplinks"][0]["state"] == "connected", 20, "connected")
+    modbus.proc.signal(signal.SIGSTOP)  # takes connections (the kernel does), answers nothing
+    key = stack.sim.send_instruction("press-1", {"command": "set_speed", "value": 77})
+    pending = shared_dir / "instructions" / "pending"
+
+    def writing() -> bool:
+        files = list(pending.glob("*.json"))
+        return bool(files) and json.loads(files[0].read_text())["state"] == "executing"
+
+    wait_until(writing, 15, "the writes started")
+    a.kill()
+    modbus.proc.signal(signal.SIGCONT)
+    b.wait_role("master", timeout=20)
+    ack = stack.ack(key, timeout=30)
+    assert ack["data"] == {"execution_status": "failed"}
+    assert ack["message"] == "interrupted by failover, not repeated"
+    wait_until(lambda: not list(pending.glob("*.json")), 10, "the pending file removed")
+    assert len(stack.acks_of(key)) == 1
+    counters = instructions_status(b)["counters"]
+    assert counters["executed"] == 0 and counters["failed"] == 1
+    # the new master wrote nothing: the coil (the rule's second write) was never set
+    assert modbus_values(modbus.port)[1] is False
+    assert "not repeated" in (b.proc.log() if b.proc else "")
