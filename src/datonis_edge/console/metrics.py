@@ -89,6 +89,16 @@ class SnapshotCollector:
         errors = _counter(
             "tag_read_errors", "failed reads of a device", labels=["service", "device"]
         )
+        backlog = _gauge(
+            "listener_backlog_messages",
+            "messages a listener received and has not acknowledged yet (storing or waiting)",
+            labels=["service"],
+        )
+        backlog_age = _gauge(
+            "listener_backlog_age_seconds",
+            "how long the oldest of them has waited",
+            labels=["service"],
+        )
         for svc in services:
             name, counters = svc["name"], svc.get("counters", {})
             received.add_metric([name], counters.get("received", 0))
@@ -97,12 +107,16 @@ class SnapshotCollector:
                 [name], counters.get("malformed", 0) + counters.get("bad_requests", 0)
             )
             up.add_metric([name], 1.0 if svc.get("state") in UP_STATES else 0.0)
+            details = svc.get("details", {})
+            if "backlog_messages" in details:
+                backlog.add_metric([name], details["backlog_messages"])
+                backlog_age.add_metric([name], details.get("backlog_age_s", 0.0))
             for dev in svc.get("details", {}).get("devices", []) or []:
                 device_up.add_metric(
                     [name, str(dev.get("name"))], 1.0 if dev.get("connected") else 0.0
                 )
                 errors.add_metric([name, str(dev.get("name"))], dev.get("errors", 0))
-        yield from (received, rejected, malformed, up, device_up, errors)
+        yield from (received, rejected, malformed, up, device_up, errors, backlog, backlog_age)
 
     def _uplinks(self, snap: dict[str, Any]) -> Iterator[Metric]:
         sent = _counter(

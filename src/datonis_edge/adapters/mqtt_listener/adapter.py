@@ -61,6 +61,7 @@ BEHIND_AFTER_S = 5.0
 """The listener is behind when it had to stop reading, or its oldest message waited this long."""
 
 CAUGHT_UP_BELOW_S = 1.0
+KEEPALIVE_S = 30
 LAG_EVERY_S = 1.0
 
 
@@ -184,7 +185,9 @@ class MqttListenerAdapter(Adapter):
         client = self._client()
         cfg = self.config
         self.status.state = "connecting"
-        client.connect_async(cfg.host, cfg.port, keepalive=30)
+        inbox = self._inbox
+        inbox.while_waiting, inbox.every_s = client.keep_alive, KEEPALIVE_S / 2
+        client.connect_async(cfg.host, cfg.port, keepalive=KEEPALIVE_S)
         client.loop_start()
         # Batches are stored while earlier ones still wait for their commit, so that the
         # outbox's commit window can join them; each is acknowledged after its own commit and
@@ -194,7 +197,6 @@ class MqttListenerAdapter(Adapter):
         previous: asyncio.Task[None] | None = None
         failure: list[BaseException] = []
         me = asyncio.current_task()
-        inbox = self._inbox
         watch = asyncio.create_task(self._watch_lag(inbox))
 
         def settled(task: asyncio.Task[None]) -> None:

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -105,6 +106,15 @@ class ListenerClient(mqtt.Client):
             turns += 1
         return rc
 
+    def keep_alive(self) -> None:
+        """On paho's thread while it waits for room in the inbox (it reads nothing meanwhile):
+        a PINGREQ goes out with whatever is queued, so that the broker keeps the connection.
+        Not paho's own ping: paho must not expect the answer before it reads again."""
+        if self._sock is None:
+            return
+        self._send_simple_command(mqtt.PINGREQ)
+        self.loop_write()
+
     def ack_many(self, mids: list[int]) -> None:
         """PUBACK these QoS 1 messages in this order, in one packet write."""
         if not mids:
@@ -129,11 +139,14 @@ class ListenerClient(mqtt.Client):
 class Inbox:
     """Messages from paho's thread to the event loop; at most `limit` held (received and not
     yet acknowledged). `put` (paho's thread) waits while the limit is reached: the listener
-    stops reading. The event loop `take`s a batch and calls `done` once it is acknowledged
-    (batches are acknowledged in the order they were taken)."""
+    stops reading, and `while_waiting` runs every `every_s` meanwhile (the keep-alive). The
+    event loop `take`s a batch and calls `done` once it is acknowledged (batches are
+    acknowledged in the order they were taken)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.while_waiting: Callable[[], None] | None = None
+        self.every_s = 15.0
         self._cond = threading.Condition()
         self._queue: deque[tuple[float, Any]] = deque()
         self._taken: deque[tuple[float, int]] = deque()  # (first arrival, size) per batch
@@ -141,12 +154,20 @@ class Inbox:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self.waited = False  # paho's thread had to wait for room since the last `lag()`
+        self._waiting = False  # it waits now
 
     def put(self, msg: Any) -> None:
+        while True:
+            with self._cond:
+                if self._held >= self.limit and not self._closed:
+                    self.waited = self._waiting = True
+                    if self._cond.wait(self.every_s) or self.while_waiting is None:
+                        continue
+                else:
+                    self._waiting = False
+                    break
+            self.while_waiting()  # outside the lock: `done` must not wait for the socket
         with self._cond:
-            while self._held >= self.limit and not self._closed:
-                self.waited = True
-                self._cond.wait(1.0)
             self._queue.append((time.monotonic(), msg))
             self._held += 1
             waiter, self._waiter = self._waiter, None
@@ -175,13 +196,13 @@ class Inbox:
                 self._cond.notify()
 
     def lag(self) -> tuple[int, float, bool]:
-        """(messages held, seconds the oldest of them has waited, whether paho's thread had
-        to wait for room since the last call)."""
+        """(messages held, seconds the oldest of them has waited, whether paho's thread waits
+        for room or had to since the last call)."""
         with self._cond:
             oldest = self._taken[0][0] if self._taken else None
             if oldest is None and self._queue:
                 oldest = self._queue[0][0]
-            waited, self.waited = self.waited, False
+            waited, self.waited = self.waited or self._waiting, False
             age = time.monotonic() - oldest if oldest is not None else 0.0
             return self._held, age, waited
 
