@@ -213,19 +213,23 @@ class InstructionEngine:
         task.add_done_callback(self._acks.discard)
 
     async def _ack(self, record: Record, store: bool) -> None:
-        """Tell the platform until it has it (at least once); then forget the file."""
+        """Tell the platform until it has it (at least once); then forget the file. Trouble
+        with acks is one line for all of them (one cause), and one when they go through."""
         backoff = Backoff(*ACK_BACKOFF_S)
-        key = f"ack:{record.alert_key}"
         while True:
             outcome = await self.uplink.instruction_ack(
                 record.alert_key, record.thing_key, bool(record.success), record.message or ""
             )
             if outcome.kind is OutcomeKind.DELIVERED:
-                self._once.resolve(key, "instruction %s: acknowledged", record.alert_key)
+                self._once.resolve(
+                    "ack", "acknowledgements of instructions reach the platform again"
+                )
                 break
             if outcome.kind is OutcomeKind.DECLINED:
-                log.warning(
-                    "the acknowledgement of instruction %s was refused (%s); it is not sent again",
+                self._once.log(
+                    "ack_declined",
+                    "the platform refused the acknowledgement of instruction %s (%s); a refused "
+                    "acknowledgement is not sent again",
                     record.alert_key,
                     outcome.reason,
                 )
@@ -233,11 +237,11 @@ class InstructionEngine:
                 break
             delay = backoff.next()
             self._once.log(
-                key,
-                "the acknowledgement of instruction %s is not through (%s); retrying in %.1f s",
-                record.alert_key,
+                "ack",
+                "acknowledgements of instructions do not reach the platform (%s); retrying with "
+                "backoff, %d waiting; they are kept in instructions/pending/",
                 outcome.reason,
-                delay,
+                len(self._acks),
             )
             await asyncio.sleep(delay)
         if store:
