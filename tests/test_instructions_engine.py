@@ -284,8 +284,9 @@ async def test_device_not_answering_acks_failed_naming_it(tmp_path: Path) -> Non
 
 
 async def test_ack_is_retried_until_delivered_and_only_then_forgotten(
-    tmp_path: Path, modbus: ModbusServer
+    tmp_path: Path, modbus: ModbusServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "datonis_edge.instructions")
     uplink = FakeUplink(fail_first=2)
     r = Rig(tmp_path / "i", [ModbusTcpAdapter(modbus_service(modbus.port), NoSink())], uplink)
     r.engine.open()
@@ -301,6 +302,9 @@ async def test_ack_is_retried_until_delivered_and_only_then_forgotten(
     finally:
         task.cancel()
     assert uplink.fail_first == 0 and len(uplink.acks) == 1
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if "acknowledgements" in r.msg]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"]  # two failures, one line
+    assert "broker down" in lines[0][1]
     assert not list(r.engine.store.pending_dir.iterdir())
 
 
