@@ -2,7 +2,7 @@
 function esc(s){return String(s ?? "").replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]))}
 function rows(el, items, cols){
   el.innerHTML = "<tr>"+cols.map(c=>"<th>"+c+"</th>").join("")+"</tr>" +
-    items.map(i=>"<tr>"+cols.map(c=>"<td"+(c==="last_error"&&i[c]?" class=err":"")+">"+esc(typeof i[c]==="object"?JSON.stringify(i[c]):i[c])+"</td>").join("")+"</tr>").join("");
+    items.map(i=>"<tr>"+cols.map(c=>"<td"+(c==="last_error"&&i[c]?" class=err":"")+">"+esc(i[c]!==null&&typeof i[c]==="object"?JSON.stringify(i[c]):i[c])+"</td>").join("")+"</tr>").join("");
 }
 async function refresh(){
   try{
