@@ -405,3 +405,40 @@ def test_the_standby_serves_the_same_login(
     )
     assert carried.get("/api/v1/status").status_code == 200
     assert os.path.exists(shared_dir / "console" / "session-secret")
+
+
+def test_users_and_tokens_managed_over_the_api_by_an_admin_only(gw: Gateway) -> None:
+    add_user(gw.datadir, "viewer1", STRONG, "viewer")
+    made = gw.http.post("/api/v1/tokens", json={"name": "script", "role": "viewer"})
+    assert made.status_code == 201
+    script = httpx.Client(
+        base_url=f"http://127.0.0.1:{gw.http_port}",
+        headers={"Authorization": f"Bearer {made.json()['token']}"},
+        timeout=10,
+    )
+    assert script.get("/api/v1/status").status_code == 200
+    assert script.get("/api/v1/tokens").status_code == 403  # a viewer reads no tokens
+    assert script.post("/api/v1/tokens", json={"name": "x"}).status_code == 403
+    names = [t["name"] for t in gw.http.get("/api/v1/tokens").json()["tokens"]]
+    assert "script" in names and all(
+        "sha256" not in t for t in gw.http.get("/api/v1/tokens").json()["tokens"]
+    )
+
+    added = gw.http.post(
+        "/api/v1/users", json={"name": "carol", "role": "viewer", "password": STRONG}
+    )
+    assert added.status_code == 201
+    weak = gw.http.post("/api/v1/users", json={"name": "dave", "role": "viewer", "password": "x"})
+    assert weak.status_code == 400 and "at least 10" in weak.json()["error"]
+    carol = console(gw)
+    assert carol.login("carol", STRONG).headers["location"] == "/password"  # set by an admin
+    users = {u["name"]: u for u in gw.http.get("/api/v1/users").json()["users"]}
+    assert users["carol"]["must_change"] and users["viewer1"]["role"] == "viewer"
+
+    assert gw.http.delete("/api/v1/users/carol").status_code == 200
+    assert gw.http.delete("/api/v1/users/carol").status_code == 400
+    assert gw.http.delete("/api/v1/tokens/script").status_code == 200
+    assert script.get("/api/v1/status").status_code == 401
+    trail = gw.http.get("/api/v1/audit", params={"limit": 50}).json()["audit"]
+    mine = [(e["actor"], e["action"]) for e in trail if e["actor"].startswith("token:tests-")]
+    assert [a for _, a in mine] == ["token_created", "user_added", "user_removed", "token_revoked"]

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ...config.models import ConsoleConfig
+from .api import AccountsApi
 from .audit import AuditLog
 from .gate import ASGIApp, AuthGate, Principal, principal_of, require_admin
 from .lockout import Lockout
@@ -38,7 +39,10 @@ class Auth:
         self.lockout = Lockout()
         self.codec = SessionCodec(load_secret(self.store.dir), config.session_hours * 3600)
         self.metrics_auth = config.metrics_auth
-        self.routes = AuthRoutes(self.store, self.codec, self.lockout, self.audit).routes()
+        self.routes = [
+            *AuthRoutes(self.store, self.codec, self.lockout, self.audit).routes(),
+            *AccountsApi(self.store, self.audit).routes(),
+        ]
 
     def gate(self, app: ASGIApp) -> AuthGate:
         return AuthGate(app, self.store, self.codec, self.metrics_auth)
