@@ -115,3 +115,59 @@ def test_thingsboard_style_messages_reach_the_platform_at_their_time(
         (1_700_000_000_000, {"temperature": 21.5}),
         (1_700_000_001_500, {"temperature": 22.0}),
     ]
+
+
+class _Msg:
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic, self.payload = topic, payload
+
+
+PAYLOADS = [
+    b'{"ts": 1700000000123, "temperature": 21.5, "running": true}',
+    b'{"ts": 1700000000.5, "values": {"t": 1}}',
+    b'{"ts": 1700000000123, "values": {"t": 1}, "other": 2}',
+    b'{"timestamp": 1700000000123, "data": {"t": 1}, "thing_key": "k"}',
+    b'{"thing_key": "k", "t": 1, "s": "x"}',
+    b'{"temperature": 21.5}',
+    b'{"data": {"t": [1, {"a": 2}]}}',
+    b'{"ts": "yesterday", "t": 1}',
+    b'{"values": null}',
+    b'{"t": 1e400}',
+    b'{"t": 99999999999999999999}',
+    b"[1, 2]",
+    b"not json",
+    b"{}",
+]
+KEYS = [
+    {},
+    TB,
+    {"timestamp_key": "ts", "timestamp_unit": "s"},
+    {"timestamp_key": "ts", "timestamp_unit": "us"},
+]
+
+
+@pytest.mark.parametrize("keys", KEYS)
+@pytest.mark.parametrize("topic_level", [1, None])
+def test_a_batch_read_at_once_is_read_as_each_message_alone(
+    keys: dict[str, str], topic_level: int | None
+) -> None:
+    """parse_plain (the whole batch at once) gives what parse_payload gives each message, or
+    None when any message needs the exact path."""
+    from datonis_edge.adapters.mqtt_listener.payload import parse_plain
+
+    read_at_once = 0
+    for payload in PAYLOADS:
+        msgs = [_Msg("plant/oven/data", payload), _Msg("plant/press/data", PAYLOADS[4])]
+        try:
+            each = [parse_payload(m.topic, m.payload, topic_level, NOW, **keys) for m in msgs]
+        except InvalidReading:
+            each = None
+        plain = parse_plain(msgs, topic_level, NOW, **keys)
+        if each is None:
+            assert plain is None, payload
+        elif plain is not None:  # None is allowed: the exact path then reads them
+            readings, raw = plain
+            assert readings == each, payload
+            assert json.loads(raw) == each, payload
+            read_at_once += 1
+    assert read_at_once >= 2  # the usual payloads take the fast path

@@ -34,7 +34,7 @@ from ...readings import InvalidReading
 from ..base import Adapter, ReadingSink, Rejected
 from .client import Inbox, ListenerClient, Received
 from .config import MqttListenerService
-from .payload import parse_payload
+from .payload import parse_payload, parse_plain
 
 log = logging.getLogger(__name__)
 
@@ -273,26 +273,25 @@ class MqttListenerAdapter(Adapter):
         acknowledged, acknowledge every message."""
         now = int(time.time() * 1000)
         cfg = self.config
-        good: list[tuple[mqtt.MQTTMessage, dict[str, Any]]] = []
+        keys = (cfg.thing_key_topic_level, now, cfg.timestamp_key, cfg.timestamp_unit, cfg.data_key)
         bad: list[tuple[mqtt.MQTTMessage, str]] = []
-        for msg in batch:
+        plain = _plain(batch, *keys)
+        if plain is not None:  # the usual batch: checked and serialized at once
             try:
-                reading = parse_payload(
-                    msg.topic,
-                    msg.payload,
-                    cfg.thing_key_topic_level,
-                    now,
-                    cfg.timestamp_key,
-                    cfg.timestamp_unit,
-                    cfg.data_key,
-                )
-                good.append((msg, reading))
-            except InvalidReading as exc:
-                bad.append((msg, exc.reason))
-            except Exception as exc:  # a bug must not wedge the listener: set this one aside
-                bad.append((msg, self._unexpected(exc)))
-        if good:
-            bad += await self._sink_all(good)
+                await self._sink_retrying(*plain)
+            except Exception:
+                plain = None  # not stored: one by one below, so that only the one at fault fails
+        if plain is None:
+            good: list[tuple[mqtt.MQTTMessage, dict[str, Any]]] = []
+            for msg in batch:
+                try:
+                    good.append((msg, parse_payload(msg.topic, msg.payload, *keys)))
+                except InvalidReading as exc:
+                    bad.append((msg, exc.reason))
+                except Exception as exc:  # a bug must not wedge the listener: set it aside
+                    bad.append((msg, self._unexpected(exc)))
+            if good:
+                bad += await self._sink_all(good)
         if bad:
             bad.sort(key=lambda item: batch.index(item[0]))  # in arrival order (bad is rare)
             await self._set_aside(bad, now)
@@ -324,10 +323,12 @@ class MqttListenerAdapter(Adapter):
                 bad.append((msg, self._unexpected(exc)))
         return bad
 
-    async def _sink_retrying(self, readings: list[dict[str, Any]]) -> None:
+    async def _sink_retrying(
+        self, readings: list[dict[str, Any]], raw: bytes | None = None
+    ) -> None:
         while True:
             try:
-                await self.sink(readings, checked=True)
+                await self.sink(readings, raw, checked=True)
             except Rejected as exc:
                 # not stored: keep them unacknowledged and try again; the broker holds them
                 self.status.error(exc.reason)
@@ -378,6 +379,14 @@ class MqttListenerAdapter(Adapter):
             reason,
             kept,
         )
+
+
+def _plain(batch: list[Any], *keys: Any) -> tuple[list[dict[str, Any]], bytes] | None:
+    try:
+        return parse_plain(batch, *keys)
+    except Exception:  # a bug here must not cost the batch: the exact path reads each one
+        log.debug("parse_plain failed", exc_info=True)
+        return None
 
 
 def _file_name(service: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from ...readings import MAX_DEPTH, InvalidReading, check_reading
+from ...readings import MAX_DEPTH, InvalidReading, check_json_readings, check_reading
 
 TO_MS: dict[str, float] = {"s": 1000, "ms": 1, "us": 1 / 1000, "ns": 1 / 1_000_000}
 """What one unit of `timestamp_unit` is in milliseconds."""
@@ -75,3 +75,44 @@ def parse_payload(
         raise InvalidReading(
             f"payload.{timestamp_key} (in {timestamp_unit}, as epoch ms):{why}"
         ) from None
+
+
+def parse_plain(
+    messages: list[Any],
+    topic_level: int | None,
+    now_ms: int,
+    timestamp_key: str = "timestamp",
+    timestamp_unit: str = "ms",
+    data_key: str = "data",
+) -> tuple[list[dict[str, Any]], bytes] | None:
+    """The readings of a batch of messages (`.topic`, `.payload`) and their JSON bytes, when
+    every one is plainly valid: checked on the whole batch at once by
+    `readings.check_json_readings`. None: look at each one (`parse_payload` names the fault)."""
+    if data_key in (timestamp_key, "thing_key") or timestamp_key == "thing_key":
+        return None  # odd keys: parse_payload's exact reading
+    readings: list[dict[str, Any]] = []
+    thing_keys: dict[str, str] = {}
+    loads = orjson.loads
+    try:
+        for msg in messages:
+            obj = loads(msg.payload)
+            if type(obj) is not dict:
+                return None
+            key = obj.pop("thing_key", None)
+            if topic_level is not None:
+                key = thing_keys.get(msg.topic)
+                if key is None:
+                    levels = msg.topic.split("/")
+                    if topic_level >= len(levels) or not levels[topic_level]:
+                        return None
+                    key = thing_keys[msg.topic] = levels[topic_level]
+            ts = obj.pop(timestamp_key, None)
+            data = obj.get(data_key, obj)
+            if ts is None:
+                readings.append({"thing_key": key, "data": data})
+            else:
+                ts = to_ms(ts, timestamp_unit)
+                readings.append({"thing_key": key, "timestamp": ts, "data": data})
+        return check_json_readings(readings, now_ms, "payload")
+    except (ValueError, RecursionError):  # InvalidReading is a ValueError
+        return None
