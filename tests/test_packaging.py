@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from helpers import PlatformSim, base_config, free_port, simulator_service, wait_until
+from helpers import PlatformSim, api_token, base_config, free_port, simulator_service, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT.parent / "shared" / "tools"
@@ -84,7 +84,14 @@ class Container:
     ) -> None:
         self.env, self.image, self.datadir, self.http_port = podman, image, datadir, http_port
         self.name = f"dte-{name}-{http_port}"
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=3)
+        token = api_token(datadir, f"tests-{name}")
+        for p in [datadir / "console", *(datadir / "console").iterdir()]:
+            os.chown(p, 10001, 10001)  # the image's non-root user reads the token hashes
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{http_port}",
+            timeout=3,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def start(self) -> Container:
         run(
