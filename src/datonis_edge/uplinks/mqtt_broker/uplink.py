@@ -165,19 +165,24 @@ class MqttBrokerUplink(Uplink):
 
     def _batch_messages(self, batch: Batch) -> list[tuple[str, bytes]]:
         """The batch as stored; split per thing (its events parsed for their thing_key) when
-        the topic names one, each message holding its events' bytes as stored."""
+        the topic names one, each message holding its events as orjson writes them (the bytes
+        the outbox stored: it stores what orjson writes), one serialization per thing."""
         template = self.cloud.topic
         if "{thing_key}" not in template:
             return [(template, batch.envelope())]
-        groups: dict[str, list[int]] = {}
-        for i, ev in enumerate(batch.events):
-            groups.setdefault(template.replace("{thing_key}", str(ev["thing_key"])), []).append(i)
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for ev in batch.events:
+            key = ev["thing_key"]
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [ev]
+            else:
+                group.append(ev)
         if len(groups) == 1:
-            return [(topic, batch.envelope()) for topic in groups]
-        each = batch.event_json()
+            return [(template.replace("{thing_key}", str(key)), batch.envelope()) for key in groups]
         return [
-            (topic, batch.envelope(b"[" + b",".join(each[i] for i in idx) + b"]"))
-            for topic, idx in groups.items()
+            (template.replace("{thing_key}", str(key)), batch.envelope(orjson.dumps(events)))
+            for key, events in groups.items()
         ]
 
     async def heartbeat(self, thing_keys: list[str]) -> Outcome:
