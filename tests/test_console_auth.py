@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import stat
 import subprocess
@@ -442,3 +443,23 @@ def test_users_and_tokens_managed_over_the_api_by_an_admin_only(gw: Gateway) -> 
     trail = gw.http.get("/api/v1/audit", params={"limit": 50}).json()["audit"]
     mine = [(e["actor"], e["action"]) for e in trail if e["actor"].startswith("token:tests-")]
     assert [a for _, a in mine] == ["token_created", "user_added", "user_removed", "token_revoked"]
+
+
+def test_the_demo_prints_the_login_it_made(tmp_path: Path) -> None:
+    port = free_port()
+    demo = Proc(
+        [EDGE, "demo", "--http-port", str(port), "--platform-port", str(free_port()),
+         "--listener-port", str(free_port()), "--datadirpath", str(tmp_path / "demo")],
+        tmp_path / "demo.log",
+    ).start()  # fmt: skip
+    try:
+        banner = wait_until(
+            lambda: re.search(r"log in as admin, password (\S+)\)", demo.log()), what="banner"
+        )
+        browser = ConsoleClient(f"http://127.0.0.1:{port}")
+        r = browser.login("admin", banner.group(1))
+        assert r.status_code == 303 and r.headers["location"] == "/"  # no forced change
+        assert browser.http.get("/api/v1/status").status_code == 200
+        browser.close()
+    finally:
+        demo.stop()
