@@ -47,20 +47,23 @@ class AuditLog:
         }
         line = json_line(entry)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            size = self.path.stat().st_size
+            if size and size + len(line) > self.max_bytes:
+                self._rotate(len(line))  # first, so that audit.log holds the newest record
+        except FileNotFoundError:
+            pass
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             os.write(fd, line)
             os.fsync(fd)
-            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        if size > self.max_bytes:
-            self._rotate()
 
-    def _rotate(self) -> None:
+    def _rotate(self, adding: int) -> None:
         with console_lock(self._console_dir):
             try:
-                if self.path.stat().st_size <= self.max_bytes:
+                if self.path.stat().st_size + adding <= self.max_bytes:
                     return  # another process rotated it meanwhile
             except FileNotFoundError:
                 return

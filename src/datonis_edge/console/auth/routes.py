@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from ...logs import OnceLogger
 from ..templating import render
 from .audit import AuditLog
 from .gate import client_address, principal_of, session_of
@@ -40,6 +41,7 @@ class AuthRoutes:
         self.store, self.codec, self.lockout, self.audit = store, codec, lockout, audit
         # scrypt takes ~32 MiB and a core for ~0.1 s: a burst of logins waits its turn
         self._hashing = asyncio.Semaphore(2)
+        self._once = OnceLogger(log, interval_s=60)
 
     def routes(self) -> list[Route]:
         return [
@@ -101,7 +103,8 @@ class AuthRoutes:
             locked = self.lockout.failed(*keys)
             await self.record(name or "?", "login_failed", request)
             if locked:
-                log.warning(
+                self._once.log(  # an attack is a line a minute, not a flood
+                    "lockout",
                     "console: login locked for %.0f s for user '%s' / address %s after repeated "
                     "wrong passwords; if that is not a person who forgot it, block the address",
                     locked,
