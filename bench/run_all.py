@@ -14,6 +14,7 @@ import ingest
 import instructions
 import lzf_bodies
 import modbus
+import overload
 import peer_thingsboard
 import reconnect
 import simulator
@@ -26,6 +27,7 @@ if __name__ == "__main__":
     ingest.run("single 64 clients", 64, 1, seconds)
     for rate in (500, 2000, 3000):
         commit_window.run(rate, seconds)
+    overload.run(quick)
     simulator.run(seconds=5 if quick else 15)
     backlog = 100_000 if quick else 1_000_000
     delivery.to_platform(min(backlog, 200_000), 25)
