@@ -40,9 +40,15 @@ def load_secret(console_dir: Path) -> bytes:
     if not path.exists():
         tmp = console_dir / f".session-secret.{os.getpid()}.tmp"
         write_durably(tmp, secrets.token_hex(32).encode(), mode=0o600)
-        with contextlib.suppress(FileExistsError):
+        try:
             os.link(tmp, path)  # never replaces a secret another instance made meanwhile
-        tmp.unlink()
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     return path.read_bytes().strip()
 
 
