@@ -1,0 +1,199 @@
+"""The s7 adapter: polls Siemens S7 PLCs (python-snap7's asyncio client).
+
+Tags of one area and data block that lie within `max_gap` bytes become one byte range, and
+the ranges are packed into multi-variable read requests (≤ 20 variables, request and answer
+within the PDU size the PLC granted): a few requests per scan however many tags. PLCs are
+read concurrently and independently: one that does not answer affects only its own tags, is
+retried with backoff and is shown in the status; a variable the PLC refuses (a data block
+that does not exist) fails only its tags, named in the PLC's last_error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ...logs import OnceLogger
+from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from .codec import Block, Request, TagRead, plan_blocks, plan_requests
+from .config import S7Device, S7Service
+from .link import ItemRefused, LinkDown, S7Link
+from .writer import S7Writer
+
+log = logging.getLogger(__name__)
+
+
+class _Plc:
+    def __init__(self, config: S7Device, blocks: list[Block], max_backoff_s: float) -> None:
+        self.config = config
+        self.link = S7Link(config)
+        self.blocks = blocks
+        self.requests: list[Request] = []
+        self.max_backoff_s = max_backoff_s
+        self.failures = 0
+        self.retry_at = 0.0
+        self.state: dict[str, Any] = {
+            "name": config.name,
+            "address": f"{config.host}:{config.port}",
+            "connected": False,
+            "pdu_size": None,
+            "requests_per_scan": None,
+            "last_error": None,
+            "last_good_read_ms": None,
+            "requests": 0,
+            "errors": 0,  # failed reads: the PLC did not answer, or refused a variable
+            "tags": sum(len(b.tags) for b in blocks),
+        }
+
+    async def _connect(self) -> None:
+        if self.link.connected:
+            return
+        await self.link.connect()
+        # planned for the PDU size this PLC granted on this connection
+        self.requests = plan_requests(self.blocks, self.link.pdu_size)
+        self.state.update(pdu_size=self.link.pdu_size, requests_per_scan=len(self.requests))
+
+    async def read(self) -> dict[str, Any]:
+        """Every tag's value; tags of a refused variable are left out (named in last_error)."""
+        if not self.blocks or time.monotonic() < self.retry_at:
+            return {}
+        values: dict[str, Any] = {}
+        refused: dict[int, str] = {}  # id(block) -> why
+        try:
+            await self._connect()
+            for request in self.requests:
+                self.state["requests"] += 1
+                try:
+                    answers = await self.link.read(request)
+                except ItemRefused as exc:  # the whole request
+                    answers = [exc] * len(request.items)
+                for item, answer in zip(request.items, answers, strict=True):
+                    block = item.block
+                    if isinstance(answer, ItemRefused):
+                        refused[id(block)] = answer.args[0]
+                        continue
+                    if len(block.data) != block.length:
+                        block.data = bytearray(block.length)
+                    at = item.start - block.start
+                    block.data[at : at + item.length] = answer
+        except LinkDown as exc:
+            self._failed(str(exc))
+            return {}
+        errors = []
+        for block in self.blocks:
+            if id(block) in refused:
+                names = ", ".join(t.name for t in block.tags[:5])
+                more = f" and {len(block.tags) - 5} more" if len(block.tags) > 5 else ""
+                errors.append(f"{names}{more}: {refused[id(block)]}")
+            else:
+                values.update(block.values())
+        self.failures = 0
+        self.state["connected"] = True
+        if values:
+            self.state["last_good_read_ms"] = int(time.time() * 1000)
+        self.state["last_error"] = "; ".join(errors) if errors else None
+        self.state["errors"] += len(errors)
+        return values
+
+    def _failed(self, message: str) -> None:
+        self.failures += 1
+        self.state["errors"] += 1
+        delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
+        self.retry_at = time.monotonic() + delay
+        self.state.update(connected=False, last_error=f"{message}; retrying in {delay:.1f} s")
+
+
+class S7Adapter(Adapter):
+    type = "s7"
+    hint = "check that each PLC is powered and reachable at its host and port, its rack/slot (or TSAPs), and that PUT/GET access is allowed; it is retried with backoff"
+
+    def __init__(self, config: S7Service, sink: ReadingSink, workdir: Path | None = None) -> None:
+        super().__init__(config, sink, workdir)
+        self.config: S7Service = config
+        max_backoff_s = config.retry_max_backoff_ms / 1000
+        self.plcs = [
+            _Plc(
+                d,
+                plan_blocks([TagRead(t.name, t.s7) for t in config.tags if t.device == d.name],
+                            config.max_gap),
+                max_backoff_s,
+            )
+            for d in config.devices
+        ]  # fmt: skip
+        self._things = [(t.thing_key, t.tags_used()) for t in config.things]
+        self.status.details["devices"] = [p.state for p in self.plcs]
+        self._once = OnceLogger(log)
+        self._writer = S7Writer(config)
+
+    async def scan(self) -> list[dict[str, Any]]:
+        values: dict[str, Any] = {}
+        for plc_values in await asyncio.gather(*(p.read() for p in self.plcs)):
+            values.update(plc_values)
+        ts = int(time.time() * 1000)
+        out = []
+        for thing_key, tags in self._things:
+            data = {tag: values[tag] for tag in tags if tag in values}
+            if data:
+                out.append(reading(thing_key, ts, data))
+        self.status.details["requests_per_scan"] = sum(
+            p.state["requests_per_scan"] or 0 for p in self.plcs
+        )
+        return out
+
+    def _report_devices(self) -> None:
+        """One line when a PLC stops answering (each on its own), one when it answers
+        again; the service is degraded while any is down."""
+        down = []
+        for p in self.plcs:
+            key = f"device:{p.config.name}"
+            if p.state["connected"]:
+                self._once.resolve(
+                    key, "services '%s': %s answers again", self.config.name, p.link.where
+                )
+                continue
+            if p.state["last_error"] is None:
+                continue  # not tried yet
+            down.append(p.config.name)
+            self._once.log(
+                key,
+                "services '%s': %s does not answer: %s; %s",
+                self.config.name,
+                p.link.where,
+                p.state["last_error"],
+                self.hint,
+            )
+        if down:
+            self.status.error(f"PLCs not answering: {', '.join(down)}", "degraded", announce=False)
+        else:
+            self.status.ok("running")
+
+    async def run(self) -> None:
+        self.status.state = "running"
+        try:
+            async for _ in ticks(self.config.scan_interval_ms / 1000):
+                readings = await self.scan()
+                self._report_devices()
+                if readings:
+                    try:
+                        await self.sink(readings)
+                    except Rejected as exc:
+                        self.status.error(exc.reason)
+        finally:
+            for p in self.plcs:
+                await p.link.close()
+
+    # ------------------------------------------------------------------ writes (writer.py)
+
+    async def check_write(self, tag: str, value: Any, wait_s: float = 0.0) -> Any:
+        fitted = self._writer.fit(tag, value)
+        await self._writer.connect(tag, wait_s)
+        return fitted
+
+    async def write(self, tag: str, value: Any) -> None:
+        await self._writer.write(tag, value)
+
+    async def close_writes(self) -> None:
+        await self._writer.close()
