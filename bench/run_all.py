@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import commit_window
+import datonis_mqtt
 import delivery
 import failover
 import ingest
@@ -34,6 +35,9 @@ if __name__ == "__main__":
     delivery.to_platform(backlog, 500)
     delivery.to_platform(backlog, 2000)
     delivery.to_mosquitto(backlog, 500)
+    datonis_mqtt.run(min(backlog, 200_000), 25)
+    datonis_mqtt.run(backlog, 500)
+    datonis_mqtt.run(backlog, 2000)
     failover.run(5 if quick else 20)
     reconnect.run(20)
     if not quick:
