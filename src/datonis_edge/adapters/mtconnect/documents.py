@@ -1,0 +1,235 @@
+"""MTConnect response documents (Devices, Streams, Error) read safely and namespace-blind.
+
+The agent is on the network, so it is treated as an adversary: a document is refused when it
+is larger than the configured bound (checked while reading, in http.py), when it declares a
+DOCTYPE or entities (no entity is ever expanded, no DTD or external file is loaded), or when
+it is not MTConnect. Every version is read alike: MTConnect 1.x and 2.x differ in the
+namespace (`urn:mtconnect.org:MTConnectStreams:1.3`, `...:2.0`), not in what we read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+_NAMESPACE = re.compile(r"^urn:mtconnect\.org:MTConnect(Devices|Streams|Error):(\d+)\.(\d+)$")
+_CATEGORIES = {"Samples": "SAMPLE", "Events": "EVENT", "Condition": "CONDITION"}
+_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_pis=True
+)
+
+
+class BadDocument(Exception):
+    """The agent answered something that is not a usable MTConnect document."""
+
+
+@dataclass(frozen=True)
+class DataItem:
+    id: str
+    name: str
+    category: str  # SAMPLE, EVENT, CONDITION
+    type: str
+    units: str
+    device: str
+
+
+@dataclass
+class Header:
+    instance_id: str
+    first: int = 0
+    last: int = 0
+    next: int = 0
+    buffer_size: int = 0
+
+
+@dataclass(frozen=True)
+class Observation:
+    data_item_id: str
+    sequence: int
+    timestamp_ms: int
+    category: str
+    value: Any  # SAMPLE: float, list of floats or None; EVENT: str or None; CONDITION: level
+    native_code: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class Streams:
+    header: Header
+    observations: list[Observation] = field(default_factory=list)
+
+
+@dataclass
+class AgentError:
+    header: Header
+    codes: list[str]
+    text: str
+
+
+def _root(body: bytes) -> tuple[etree._Element, str]:
+    head = body[:4096]
+    if b"<!DOCTYPE" in head or b"<!ENTITY" in body:
+        raise BadDocument("the document declares a DOCTYPE or entities, which MTConnect never does")
+    try:
+        root = etree.fromstring(body, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise BadDocument(f"not well-formed XML ({exc})") from None
+    if root.getroottree().docinfo.doctype:
+        raise BadDocument("the document declares a DOCTYPE, which MTConnect never does")
+    qname = etree.QName(root)
+    match = _NAMESPACE.match(qname.namespace or "")
+    if not match or f"MTConnect{match.group(1)}" != qname.localname:
+        raise BadDocument(
+            f"<{qname.localname}> in namespace '{qname.namespace}' is not an MTConnect document"
+        )
+    return root, match.group(1)
+
+
+def _local(el: etree._Element) -> str:
+    tag = el.tag
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _child(el: etree._Element, name: str) -> etree._Element | None:
+    for c in el:
+        if _local(c) == name:
+            return c
+    return None
+
+
+def _header(root: etree._Element) -> Header:
+    h = _child(root, "Header")
+    if h is None or not h.get("instanceId"):
+        raise BadDocument("the document has no Header with an instanceId")
+    try:
+        return Header(
+            instance_id=h.get("instanceId", ""),
+            first=int(h.get("firstSequence", 0)),
+            last=int(h.get("lastSequence", 0)),
+            next=int(h.get("nextSequence", 0)),
+            buffer_size=int(h.get("bufferSize", 0)),
+        )
+    except ValueError:
+        raise BadDocument("the Header's sequence numbers are not numbers") from None
+
+
+def timestamp_ms(text: str) -> int:
+    """An MTConnect timestamp (ISO 8601, UTC, up to microseconds) as epoch milliseconds."""
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    stamp = dt.datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return int(stamp.timestamp() * 1000)
+
+
+def sample_value(text: str | None) -> float | list[float] | None:
+    """A SAMPLE's value: a number, several (a 3D position, a time series) or None when the
+    agent says UNAVAILABLE."""
+    text = (text or "").strip()
+    if not text or text == "UNAVAILABLE":
+        return None
+    parts = text.split()
+    try:
+        if len(parts) == 1:
+            return float(parts[0])
+        return [float(p) for p in parts]
+    except ValueError:
+        raise BadDocument(f"the sample value '{text[:40]}' is not a number") from None
+
+
+def parse_devices(body: bytes) -> tuple[Header, list[DataItem]]:
+    """The data items of every device of a /probe answer."""
+    root, kind = _root(body)
+    if kind == "Error":
+        raise BadDocument(f"the agent answered an error to /probe: {_error(root).text}")
+    if kind != "Devices":
+        raise BadDocument(f"/probe answered an MTConnect{kind} document, not MTConnectDevices")
+    header = _header(root)
+    items: list[DataItem] = []
+    devices = _child(root, "Devices")
+    for device in devices if devices is not None else []:
+        device_name = device.get("name") or device.get("uuid") or ""
+        for el in device.iter():
+            if _local(el) != "DataItem" or not el.get("id"):
+                continue
+            items.append(
+                DataItem(
+                    id=el.get("id", ""),
+                    name=el.get("name") or "",
+                    category=el.get("category", ""),
+                    type=el.get("type", ""),
+                    units=el.get("units") or "",
+                    device=device_name,
+                )
+            )
+    return header, items
+
+
+def parse_streams(body: bytes) -> Streams | AgentError:
+    """The observations of a /current or /sample answer (or the agent's error), in sequence
+    order."""
+    root, kind = _root(body)
+    if kind == "Error":
+        return _error(root)
+    if kind != "Streams":
+        raise BadDocument(f"expected MTConnectStreams, got MTConnect{kind}")
+    out = Streams(_header(root))
+    streams = _child(root, "Streams")
+    if streams is None:
+        return out
+    append = out.observations.append
+    try:
+        for device in streams:
+            for component in device:
+                for group in component:
+                    category = _CATEGORIES.get(_local(group))
+                    if category is None:
+                        continue
+                    for el in group:
+                        if not isinstance(el.tag, str):
+                            continue
+                        get = el.get
+                        if category == "SAMPLE":
+                            value: Any = sample_value(el.text)
+                        elif category == "EVENT":
+                            text = (el.text or "").strip()
+                            value = None if text == "UNAVAILABLE" else text
+                        else:
+                            value = _local(el).lower()  # normal, warning, fault, unavailable
+                        append(
+                            Observation(
+                                data_item_id=get("dataItemId", ""),
+                                sequence=int(get("sequence", "0")),
+                                timestamp_ms=timestamp_ms(get("timestamp", "")),
+                                category=category,
+                                value=value,
+                                native_code=get("nativeCode") if category == "CONDITION" else None,
+                                message=(el.text or "").strip() or None
+                                if category == "CONDITION"
+                                else None,
+                            )
+                        )
+    except ValueError as exc:
+        raise BadDocument(f"an observation has a bad sequence or timestamp ({exc})") from None
+    out.observations.sort(key=lambda o: o.sequence)
+    return out
+
+
+def _error(root: etree._Element) -> AgentError:
+    codes: list[str] = []
+    texts: list[str] = []
+    for el in root.iter():
+        if _local(el) == "Error":
+            codes.append(el.get("errorCode", ""))
+            texts.append((el.text or "").strip())
+    header = _child(root, "Header")
+    return AgentError(
+        Header(instance_id=header.get("instanceId", "") if header is not None else ""),
+        codes,
+        "; ".join(f"{c}: {t}" if t else c for c, t in zip(codes, texts, strict=True)),
+    )
