@@ -123,6 +123,7 @@ REGISTRY: dict[str, Plugin] = {
         _adapter("opcua", "OpcUaService", "OpcUaAdapter"),
         _adapter("mtconnect", "MtconnectService", "MtconnectAdapter"),
         _adapter("s7", "S7Service", "S7Adapter"),
+        _adapter("ethernet_ip", "EthernetIpService", "EthernetIpAdapter"),
     )
 }
 

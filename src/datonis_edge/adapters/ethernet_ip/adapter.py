@@ -1,0 +1,187 @@
+"""The ethernet_ip adapter: polls Allen-Bradley Logix PLCs (ControlLogix, CompactLogix,
+Micro800) over EtherNet/IP, reading tags by name.
+
+Each PLC has its own session, its own worker thread and its own scan loop, so a PLC that
+does not answer delays nothing but its own tags: it is retried with backoff and shown in the
+status (connected, last error, last good read, requests, tag errors). Tags are read many to a
+request (reader.py); writes for instructions go over the same session (writer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ...logs import OnceLogger
+from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from .config import EnipDevice, EthernetIpService
+from .reader import Reader, TagRead
+from .session import DeviceDown, Session
+from .writer import EnipWriter
+
+log = logging.getLogger(__name__)
+logging.getLogger("pylogix").setLevel(logging.CRITICAL)  # we report PLC errors ourselves
+
+T = TypeVar("T")
+
+
+class PlcDevice:
+    """One PLC: its session, its worker thread, its tags, its state in the status."""
+
+    def __init__(self, config: EnipDevice, reads: list[TagRead], max_backoff_s: float) -> None:
+        self.config = config
+        self.session = Session(config)
+        self.reader = Reader(self.session, reads)
+        self.tags = {r.name: r for r in reads}
+        self.max_backoff_s = max_backoff_s
+        self.failures = 0
+        self.answering = asyncio.Event()  # a session is up (writes wait for it)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"enip-{config.name}")
+        route = config.route or ("none (Micro800)" if config.micro800 else f"1/{config.slot}")
+        self.state: dict[str, Any] = {
+            "name": config.name,
+            "address": f"{config.host}:{config.port}",
+            "route": route,
+            "connected": False,
+            "connection_size": None,
+            "last_error": None,
+            "last_good_read_ms": None,
+            "requests": 0,  # CIP requests (one Multiple Service Packet is one)
+            "requests_per_scan": None,
+            "errors": 0,
+            "tags": len(reads),
+            "tag_errors": {},
+        }
+
+    @property
+    def where(self) -> str:
+        return f"PLC {self.config.name} at {self.state['address']} (route {self.state['route']})"
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run blocking session work in this PLC's own thread (one request at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def read(self) -> dict[str, Any]:
+        before = self.session.requests
+        try:
+            values, errors = await self.call(self.reader.read)
+        except DeviceDown as exc:
+            self.failures += 1
+            self.state["errors"] += 1
+            delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
+            self.answering.clear()
+            self.state.update(connected=False, last_error=f"{exc}; retrying in {delay:.1f} s")
+            self.state["requests"] += self.session.requests - before
+            self.retry_in = delay
+            return {}
+        self.failures, self.retry_in = 0, 0.0
+        self.answering.set()
+        self.state.update(
+            connected=True,
+            connection_size=self.session.connection_size,
+            requests_per_scan=self.session.requests - before,
+            tag_errors=errors,
+            last_error="; ".join(errors.values()) if errors else None,
+        )
+        self.state["requests"] += self.session.requests - before
+        self.state["errors"] += len(errors)
+        if values:
+            self.state["last_good_read_ms"] = int(time.time() * 1000)
+        return values
+
+    retry_in = 0.0
+
+    def close(self) -> None:
+        self._thread.submit(self.session.close)
+        self._thread.shutdown(wait=False, cancel_futures=False)
+
+
+class EthernetIpAdapter(Adapter):
+    type = "ethernet_ip"
+    hint = "check that each PLC is powered and reachable at its host and port, and its slot or route; it is retried with backoff"
+
+    def __init__(
+        self, config: EthernetIpService, sink: ReadingSink, workdir: Path | None = None
+    ) -> None:
+        super().__init__(config, sink, workdir)
+        self.config: EthernetIpService = config
+        self.devices = [
+            PlcDevice(
+                d,
+                [TagRead.of(t.name, t.parsed()) for t in config.tags if t.device == d.name],
+                config.retry_max_backoff_ms / 1000,
+            )
+            for d in config.devices
+        ]
+        self._things = [(t.thing_key, t.tags_used()) for t in config.things]
+        self.status.details["devices"] = [d.state for d in self.devices]
+        self._once = OnceLogger(log)
+        self.writer = EnipWriter({name: d for d in self.devices for name in d.tags})
+
+    async def run(self) -> None:
+        self.status.state = "running"
+        try:
+            await asyncio.gather(*(self._scan(d) for d in self.devices))
+        finally:
+            for d in self.devices:
+                with contextlib.suppress(Exception):
+                    d.close()
+
+    async def _scan(self, device: PlcDevice) -> None:
+        interval = self.config.scan_interval_ms / 1000
+        retry_at = 0.0
+        async for _ in ticks(interval):
+            if time.monotonic() < retry_at:
+                continue
+            values = await device.read()
+            retry_at = time.monotonic() + device.retry_in if device.retry_in else 0.0
+            self._report(device)
+            ts = int(time.time() * 1000)
+            readings = []
+            for thing_key, tags in self._things:
+                data = {tag: values[tag] for tag in tags if tag in values}
+                if data:
+                    readings.append(reading(thing_key, ts, data))
+            if readings:
+                try:
+                    await self.sink(readings)
+                except Rejected as exc:
+                    self.status.error(exc.reason)
+
+    def _report(self, device: PlcDevice) -> None:
+        """One line when a PLC stops answering, one when it answers again (each on its own);
+        one line per tag the PLC refuses. The service is degraded while any PLC is down."""
+        name, state = self.config.name, device.state
+        key = f"device:{device.config.name}"
+        if state["connected"]:
+            self._once.resolve(key, "services '%s': %s answers again", name, device.where)
+        else:
+            self._once.log(
+                key, "services '%s': %s does not answer: %s; %s", name, device.where,
+                state["last_error"], self.hint,
+            )  # fmt: skip
+        for tag, why in state["tag_errors"].items():
+            self._once.log(
+                f"tag:{device.config.name}:{tag}",
+                "services '%s': tag %s on %s cannot be read: %s; check the tag's address in the PLC program",
+                name, tag, device.where, why,
+            )  # fmt: skip
+        down = [d.config.name for d in self.devices if not d.state["connected"] and d.failures]
+        if down:
+            self.status.error(f"PLCs not answering: {', '.join(down)}", "degraded", announce=False)
+        else:
+            self.status.ok("running")
+
+    # ------------------------------------------------------------------ writes (writer.py)
+
+    async def check_write(self, tag: str, value: Any, wait_s: float = 0.0) -> Any:
+        return await self.writer.check(tag, value, wait_s)
+
+    async def write(self, tag: str, value: Any) -> None:
+        # `value` is what check_write returned: the tag's type and the value fitted to it
+        await self.writer.write(tag, *value)
