@@ -55,10 +55,15 @@ class S7Address:
         return AREA_CODES[self.area]
 
     def __str__(self) -> str:
+        """In Siemens notation: DB1.DBX6.3, MW10, DB1.DBD0 (REAL), DB1.DBB26 (STRING[20])."""
         where = f"DB{self.db}.DB" if self.area == "DB" else self.area
         if self.data_type == "BOOL":
             return f"{where}{'X' if self.area == 'DB' else ''}{self.offset}.{self.bit}"
-        return f"{where}B{self.offset} ({self.data_type})"
+        letter = {2: "W", 4: "D"}.get(self.size, "B")
+        name = f"{where}{letter}{self.offset}"
+        if self.data_type == "STRING":
+            return f"{name} (STRING[{self.length}])"
+        return name if self.data_type == _LETTERS[letter][0] else f"{name} ({self.data_type})"
 
 
 def _either(words: list[str]) -> str:
