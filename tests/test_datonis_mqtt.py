@@ -346,3 +346,21 @@ def test_an_instruction_is_acknowledged_to_the_broker_only_after_the_sink_return
             await uplink.close()
 
     asyncio.run(scenario())
+
+
+def test_a_broker_restart_reconnects_and_subscribes_again_so_acks_still_settle_batches(
+    stack: Stack, gateway_factory: Callable[..., Gateway]
+) -> None:
+    cfg = stack.config()
+    cfg["services"] = [simulator_service("press-1")]
+    gw = gateway_factory(cfg).start()
+    wait_until(lambda: len(stack.sim.events()) >= 20, 30, "delivery before the restart")
+    stack.broker.stop()
+    wait_until(lambda: gw.status()["uplinks"][0]["state"] == "disconnected", 20, "the drop")
+    stack.broker.start()
+    wait_until(lambda: stack.sim.mqtt()["connected"], 20, "the simulator back on the broker")
+    before = len(stack.sim.events())
+    # delivered again only if the new session subscribed httpAck again
+    wait_until(lambda: len(stack.sim.events()) >= before + 40, 30, "delivery after the restart")
+    assert gw.status()["uplinks"][0]["state"] == "connected"
+    assert _contiguous_from_zero(_counter_values(stack.sim), before + 40)
