@@ -73,6 +73,7 @@ class DatonisMqttUplink(Uplink):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._connected = asyncio.Event()
+        self._login_answered = asyncio.Event()  # set by each CONNACK, taken or refused
         self._waiting: dict[str, list[asyncio.Future[Outcome]]] = {}  # hash → sends, oldest first
         self._refused: str | None = None  # why the broker refuses our login, while it does
         self._unreachable = False
@@ -147,6 +148,7 @@ class DatonisMqttUplink(Uplink):
         self._loop.call_soon_threadsafe(self._logged_in)
 
     def _login_failed(self, client: mqtt.Client, rc: Any) -> None:
+        self._login_answered.set()
         if rc.value not in REFUSED:
             self.status.error(f"broker refused the connection: {rc}", "disconnected")
             return
@@ -169,11 +171,18 @@ class DatonisMqttUplink(Uplink):
 
     def _logged_in(self) -> None:
         self._refused = None
+        self._login_answered.set()
         self._unreachable = False
         self._connected.set()
         self.status.ok("connected")
         if self.cloud.register_things and self._things:
             self._registering = asyncio.ensure_future(self._register(list(self._things)))
+
+    async def _login(self) -> None:
+        """Until the broker has taken or refused our login."""
+        while self._refused is None and not self._connected.is_set():
+            self._login_answered.clear()
+            await self._login_answered.wait()
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         assert self._loop is not None
@@ -235,7 +244,7 @@ class DatonisMqttUplink(Uplink):
         """Publish one signed message (QoS 1) and wait for its httpAck."""
         if self._refused is None and not self._connected.is_set():
             with contextlib.suppress(TimeoutError):  # briefly, before calling it a retry
-                await asyncio.wait_for(self._connected.wait(), self.cloud.request_timeout_ms / 1000)
+                await asyncio.wait_for(self._login(), self.cloud.request_timeout_ms / 1000)
         if self._refused is not None:
             return Outcome(OutcomeKind.DECLINED, 401, self._refused, keys_suspect=True)
         client = self._client
