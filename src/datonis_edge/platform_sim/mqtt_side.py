@@ -28,10 +28,8 @@ Control API (beside the HTTP side's, under /sim):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -101,7 +99,7 @@ class MqttSide:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = lambda *_: self._connected.clear()
-        self.client.on_socket_open = _no_delay
+        self.client.on_socket_open = wire.tcp_no_delay
 
     def start(self) -> None:
         """Log in to the broker in the background (paho's thread; it reconnects by itself);
@@ -129,7 +127,7 @@ class MqttSide:
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
-        compressed = parts[2] == "lzf"
+        compressed = len(parts) == 5  # Altizon/Datonis/lzf/<client_id>/event
         client_id, kind = (parts[3], "event") if compressed else (parts[2], parts[3])
         with self._lock:
             self._handle(client_id, kind, msg.payload, compressed)
@@ -298,8 +296,3 @@ class MqttSide:
                 }
             )
         return _json(200, {"alert_key": alert_key})
-
-
-def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

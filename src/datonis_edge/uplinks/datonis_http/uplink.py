@@ -23,7 +23,7 @@ import orjson
 from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
 from ...protocol import lzf
-from ...protocol.datonis import ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, sign
+from ...protocol.datonis import ALERT_TYPES, ALERTS_PATH, EVENT_PATH, HEARTBEAT_PATH, sign
 from ..base import (
     Uplink,
     alert_body,
@@ -44,7 +44,6 @@ from .transport import (
     tls_context,
 )
 
-ALERT_LEVELS = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 COMPRESS_OVER = 1024  # bytes: smaller bodies go as they are (spec §9)
 
 
@@ -196,7 +195,7 @@ class DatonisHttpUplink(Uplink):
     async def alert(
         self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
     ) -> Outcome:
-        body = alert_body(thing_key, ("alert_type", ALERT_LEVELS.get(level, 1)), message, extra)
+        body = alert_body(thing_key, ("alert_type", ALERT_TYPES.get(level, 1)), message, extra)
         if isinstance(body, Outcome):
             return body
         return await self._post(ALERTS_PATH, body)

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 CLOSE_WAIT_S = 1.0  # paho's network thread is a daemon: a stop does not wait longer for it
 RECONNECT_EVERY_S = 1.0
-ALERT_LEVELS = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 COMPRESS_ABOVE = 1024  # bytes of the message; smaller ones go as they are (spec §7)
 REFUSED = (4, 5, 134, 135)  # CONNACK: bad user name or password, not authorised (3.1.1, 5)
 
@@ -111,7 +110,7 @@ class DatonisMqttUplink(Uplink):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_socket_open = _no_delay
+        client.on_socket_open = wire.tcp_no_delay
         client.connect_async(self.cloud.host, self.cloud.port, keepalive=60)
         client.loop_start()
         self._client = client
@@ -328,7 +327,7 @@ class DatonisMqttUplink(Uplink):
     async def alert(
         self, thing_key: str | None, level: str, message: str, extra: dict[str, Any] | None = None
     ) -> Outcome:
-        body = alert_body(thing_key, ("alert_type", ALERT_LEVELS.get(level, 1)), message, extra)
+        body = alert_body(thing_key, ("alert_type", wire.ALERT_TYPES.get(level, 1)), message, extra)
         if isinstance(body, Outcome):
             return body
         return await self._request(wire.mqtt_topic(self.client_id, "alert"), _alert(body))
@@ -361,9 +360,3 @@ class DatonisMqttUplink(Uplink):
 
 def _alert(flat: bytes) -> bytes:
     return b'{"alert":' + flat + b"}"  # the SDKs' alert body (spec §4.5)
-
-
-def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
-    # Nagle's algorithm adds ~40-90 ms to every publish/ack round trip (spec §15)
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
