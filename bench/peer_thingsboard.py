@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -90,13 +91,20 @@ def check_loopback(tb: Path) -> None:
 
 
 def _revision() -> str:
-    """The commit the gateway ran from, and whether src/ had uncommitted changes."""
-    git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no", "src"],
+    """Where the gateway's code came from (PYTHONPATH may point at a snapshot of another
+    commit): the commit, and whether its src/ had uncommitted changes, or the folder."""
+    where = subprocess.run(
+        [sys.executable, "-c", "import datonis_edge; print(datonis_edge.__file__)"],
         capture_output=True,
         text=True,
+    ).stdout.strip()
+    folder = Path(where).parent
+    git = ["git", "-C", str(folder)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode:
+        return str(folder)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no", "."], capture_output=True, text=True
     )
     return head.stdout.strip() + (" + uncommitted changes in src/" if dirty.stdout.strip() else "")
 
