@@ -117,6 +117,7 @@ def parse_address(text: str, data_type: str | None = None, length: int | None = 
         raise ValueError(
             f"'{raw}': only a bit address (DB1.DBX6.3, M0.1) takes a bit number; drop '.{bit}'"
         )
+    byte_address = f"DB{db}.DBB{offset}" if area == "DB" else f"{m[1]}B{offset}"
     default, allowed = _LETTERS[letter]
     chosen = normalize_type(data_type) if data_type else default
     if chosen not in allowed:
@@ -124,7 +125,7 @@ def parse_address(text: str, data_type: str | None = None, length: int | None = 
             f"'{raw}' holds a {default} and cannot be read as {chosen}; use "
             f"{_either(sorted(allowed - {'LREAL', 'STRING'}))} here"
             + (
-                ", or start an LREAL or a STRING at a byte address (DB1.DBB8)"
+                f", or give an LREAL or a STRING its byte address ({byte_address})"
                 if letter != "B"
                 else ""
             )
