@@ -143,7 +143,12 @@ def _listener(edge: Edge) -> dict[str, Any]:
 
 
 def run_rates(
-    rates: list[int], seconds: float, label: str = "", inflight: int = 1000, qos: int = 1
+    rates: list[int],
+    seconds: float,
+    label: str = "",
+    inflight: int = 1000,
+    qos: int = 1,
+    queued: int = 0,
 ) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as d:
@@ -151,7 +156,7 @@ def run_rates(
         src, src_port = broker(
             tmp,
             "source",
-            f"max_queued_messages 0\nmax_inflight_messages {inflight}\n",
+            f"max_queued_messages {queued}\nmax_inflight_messages {inflight}\n",
         )
         dst, dst_port = broker(tmp, "sink")
         sink = Sink(dst_port)
@@ -261,6 +266,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--inflight", type=int, default=1000)
     parser.add_argument("--qos", type=int, default=1)
+    parser.add_argument(
+        "--queued", type=int, default=0, help="the source broker's max_queued_messages (0: none)"
+    )
     args = parser.parse_args()
     if args.rates:
         run_rates(
@@ -269,6 +277,7 @@ if __name__ == "__main__":
             args.label,
             args.inflight,
             args.qos,
+            args.queued,
         )
     else:
         run(args.quick, args.label)

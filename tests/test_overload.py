@@ -228,3 +228,48 @@ def test_a_flood_through_the_gateway_arrives_at_the_uplink_without_loss(
         producer.stop()
         sink.loop_stop()
         sink_broker.stop()
+
+
+def _publish(topic: bytes, mid: int, payload: bytes, qos: int) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    body += payload
+    assert len(body) < 16384
+    size = (
+        bytes([len(body)]) if len(body) < 128 else bytes([len(body) & 0x7F | 0x80, len(body) >> 7])
+    )
+    return bytes([0x30 | qos << 1]) + size + body
+
+
+class _Socket:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def recv(self, n: int) -> bytes:
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+
+def test_publishes_are_taken_whole_from_the_read_ahead_and_the_rest_left_to_paho() -> None:
+    from datonis_edge.adapters.mqtt_listener.client import ReadAhead, Received
+
+    big = b"x" * 300  # a two-byte remaining length
+    data = (
+        _publish(b"a/1/data", 7, b'{"v": 1}', 1)
+        + _publish(b"a/2/data", 0, big, 0)
+        + b"\xd0\x00"  # a PINGRESP: paho's
+        + _publish(b"a/3/data", 9, b'{"v": 3}', 1)
+    )
+    sock = ReadAhead(_Socket(data))  # type: ignore[arg-type]
+    assert sock.recv(1) == data[:1] and sock.pending() == len(data) - 1
+    sock._at = 0  # (as if that byte had not been read)
+    got: list[Received] = []
+    assert sock.take_publishes(got.append) == 2
+    assert [(m.topic, m.mid, m.qos, m.payload) for m in got] == [
+        ("a/1/data", 7, 1, b'{"v": 1}'),
+        ("a/2/data", 0, 0, big),
+    ]
+    assert sock.recv(2) == b"\xd0\x00"  # left for paho, in order
+    whole = _publish(b"a/3/data", 9, b'{"v": 3}', 1)
+    cut = ReadAhead(_Socket(whole[:-1]))  # type: ignore[arg-type]
+    cut.recv(0)
+    assert cut.take_publishes(got.append) == 0 and cut.pending() == len(whole) - 1

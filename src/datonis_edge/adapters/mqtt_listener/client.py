@@ -53,6 +53,37 @@ class ReadAhead:
     def pending(self) -> int:
         return len(self._buf) - self._at
 
+    def take_publishes(self, deliver: Callable[[Received], None]) -> int:
+        """Hand every complete QoS 0/1 PUBLISH at the head of the buffer to `deliver`, parsed
+        here (MQTT 3.1.1); stop at anything else or an incomplete packet (paho reads those)."""
+        buf, at, end, n = self._buf, self._at, len(self._buf), 0
+        while at + 1 < end:
+            first = buf[at]
+            if first >> 4 != 3 or first & 0x06 == 0x06 or first & 0x06 == 0x04:
+                break  # not a PUBLISH, or QoS 2 (or invalid)
+            length, mult, i = 0, 1, at + 1
+            while i < end and i < at + 5:
+                length += (buf[i] & 0x7F) * mult
+                mult <<= 7
+                i += 1
+                if not buf[i - 1] & 0x80:
+                    break
+            else:
+                break  # the remaining length is not all here (or is malformed: paho says)
+            if i + length > end or length < 2:
+                break
+            top = i + 2 + int.from_bytes(buf[i : i + 2], "big")
+            qos = (first & 0x06) >> 1
+            mid = int.from_bytes(buf[top : top + 2], "big") if qos else 0
+            if top + 2 * qos > i + length or (qos and not mid):
+                break  # malformed: paho's own parsing reports it
+            topic = buf[i + 2 : top].decode("utf-8", "replace")
+            payload = buf[top + 2 * qos : i + length]
+            self._at = at = i + length  # taken before `deliver`, which may wait for room
+            deliver(Received(topic, payload, mid, qos))
+            n += 1
+        return n
+
     def __getattr__(self, name: str) -> Any:  # send, fileno, close, setblocking, ...
         return getattr(self._sock, name)
 
@@ -92,6 +123,20 @@ class ListenerClient(mqtt.Client):
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
         return ReadAhead(sock) if isinstance(sock, socket.socket) else sock
+
+    def _packet_read(self) -> mqtt.MQTTErrorCode:
+        sock = self._sock
+        if (
+            self.deliver is not None
+            and self._in_packet["command"] == 0  # between two packets
+            and isinstance(sock, ReadAhead)
+            and self._protocol != mqtt.MQTTv5
+            and sock.take_publishes(self.deliver)
+        ):
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+            return mqtt.MQTT_ERR_SUCCESS
+        return super()._packet_read()
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         rc = super().loop_read(max_packets)
