@@ -63,8 +63,8 @@ class EnipTag(Base):
     device: str = ""  # a device name; empty: the service's first device
     address: str = Field(validation_alias=AliasChoices("address", "tag", "tag_name"))
     # elements of an array from the address's index (or use a range, Recipe[0..9])
-    count: int | None = Field(
-        None, ge=1, le=10_000, validation_alias=AliasChoices("count", "elements")
+    count: int | None = Field(  # at most a reading's list (readings.MAX_ITEMS)
+        None, ge=1, le=1024, validation_alias=AliasChoices("count", "elements")
     )
 
     def parsed(self) -> TagAddress:

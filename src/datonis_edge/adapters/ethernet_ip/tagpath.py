@@ -58,6 +58,8 @@ def parse(address: str, count: int | None = None) -> TagAddress:
         if count is not None:
             raise ValueError(f"'{address}': give a range or count, not both")
         text, count = f"{ranged.group(1)}[{first}]", last - first + 1
+        if count > 1024:
+            raise ValueError(f"'{address}': {count} elements; a tag reads at most 1024, split it")
     parts = text.split(".")
     bit = None
     if len(parts) > 1 and parts[-1].isdigit():
