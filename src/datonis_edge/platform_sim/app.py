@@ -22,6 +22,10 @@ Control API (for tests, demos and benchmarks), under /sim:
     DELETE /sim/faults            clear all faults
     POST /sim/keys                {"access_key": "...", "secret_key": "..."} (replaces the keys)
     POST /sim/reset               forget what was recorded
+
+With `mqtt_broker` (platform-sim --mqtt-broker): the MQTT side too, recording into the same
+state, with its own control routes (/sim/mqtt, /sim/mqtt/faults, /sim/instructions):
+see mqtt_side.py.
 """
 
 from __future__ import annotations
