@@ -70,7 +70,10 @@ class PlcDevice:
         before = self.session.requests
         try:
             values, errors = await self.call(self.reader.read)
-        except DeviceDown as exc:
+        except Exception as exc:  # DeviceDown, or a reply we cannot take apart: this PLC only
+            if not isinstance(exc, DeviceDown):
+                exc = DeviceDown(f"a reply the gateway cannot read ({exc!r}); reconnecting")
+                await self.call(self.session.close)
             self.failures += 1
             self.state["errors"] += 1
             delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
@@ -95,10 +98,17 @@ class PlcDevice:
         return values
 
     retry_in = 0.0
+    _closed = False
+
+    def disconnect(self) -> None:
+        if not self._closed:
+            self._thread.submit(self.session.close)
 
     def close(self) -> None:
-        self._thread.submit(self.session.close)
-        self._thread.shutdown(wait=False, cancel_futures=False)
+        if not self._closed:
+            self._closed = True
+            self._thread.submit(self.session.close)
+            self._thread.shutdown(wait=False, cancel_futures=False)
 
 
 class EthernetIpAdapter(Adapter):
@@ -127,10 +137,10 @@ class EthernetIpAdapter(Adapter):
         self.status.state = "running"
         try:
             await asyncio.gather(*(self._scan(d) for d in self.devices))
-        finally:
+        finally:  # the threads stay for writes and a restart; close_writes ends them
             for d in self.devices:
                 with contextlib.suppress(Exception):
-                    d.close()
+                    d.disconnect()
 
     async def _scan(self, device: PlcDevice) -> None:
         interval = self.config.scan_interval_ms / 1000
@@ -185,3 +195,8 @@ class EthernetIpAdapter(Adapter):
     async def write(self, tag: str, value: Any) -> None:
         # `value` is what check_write returned: the tag's type and the value fitted to it
         await self.writer.write(tag, *value)
+
+    async def close_writes(self) -> None:
+        for d in self.devices:
+            with contextlib.suppress(Exception):
+                d.close()
