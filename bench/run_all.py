@@ -18,6 +18,7 @@ import modbus
 import overload
 import peer_thingsboard
 import reconnect
+import s7
 import simulator
 
 if __name__ == "__main__":
@@ -44,6 +45,7 @@ if __name__ == "__main__":
         reconnect.run(120)
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
+    s7.run(seconds=5 if quick else 15)
     # beside ThingsBoard IoT Gateway: its quick form here; the full one (~20 min) with --peer-full
     peer_thingsboard.run(quick="--peer-full" not in sys.argv)
     instructions.run(100 if quick else 1000)
