@@ -130,13 +130,15 @@ class MtconnectAdapter(Adapter):
                     current["data"][tag] = value
         if readings:
             await self.sink(readings)
-        self._report()
 
     # ------------------------------------------------------------------ what happened
 
     def _event(self, agent: str, kind: str, what: Any) -> None:
         name = self.config.name
-        if kind == "probed":
+        if kind == "read":
+            if self.status.state != "running":
+                self._report()
+        elif kind == "probed":
             self._route(agent, what)
         elif kind == "gap":
             gap: Gap = what

@@ -58,7 +58,9 @@ class Follower:
         self.service = service
         self.client = client
         self.deliver = deliver
-        self.on_event = on_event  # ("probed", items), ("gap", Gap), ("restart", InstanceChanged)
+        self.on_event = (
+            on_event  # ("probed", items), ("read", None), ("gap", Gap), ("restart", ...)
+        )
         self.instance: str | None = None
         self.next: int | None = None
         self.items: dict[str, DataItem] = {}
@@ -151,6 +153,7 @@ class Follower:
             last_error=None,
             last_good_read_ms=int(time.time() * 1000),
         )
+        self.on_event("read", None)
 
     async def _take(self, body: bytes) -> bool:
         """One /sample answer; True when the agent holds more than it gave."""
