@@ -17,6 +17,7 @@ import pytest
 from datonis_edge.model import OutcomeKind
 from datonis_edge.protocol.datonis import mqtt_password
 from datonis_edge.protocol.instructions import InstructionError, verify_instruction
+from datonis_edge.store.outbox import Outbox
 from datonis_edge.uplinks.datonis_mqtt.config import DatonisMqttCloud
 from datonis_edge.uplinks.datonis_mqtt.uplink import DatonisMqttUplink
 from helpers import (
@@ -364,3 +365,25 @@ def test_a_broker_restart_reconnects_and_subscribes_again_so_acks_still_settle_b
     wait_until(lambda: len(stack.sim.events()) >= before + 40, 30, "delivery after the restart")
     assert gw.status()["uplinks"][0]["state"] == "connected"
     assert _contiguous_from_zero(_counter_values(stack.sim), before + 40)
+
+
+def test_several_batches_wait_for_their_acks_at_once_and_all_settle(
+    stack: Stack, gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    datadir = tmp_path / "backlog"
+    outbox = Outbox(datadir / "outbox", max_bytes=1 << 30)
+    outbox.open()
+    outbox.append_sync([{"thing_key": "m", "data": {"seq": i}} for i in range(200)])
+    outbox.close()
+    stack.sim.mqtt_fault(no_ack=True, count=-1)
+    cfg = stack.config(bulk_max_elements=10, max_inflight_batches=4, ack_timeout_ms=5000)
+    gw = gateway_factory(cfg, datadir=datadir).start()
+    wait_until(
+        lambda: gw.status()["uplinks"][0]["details"]["waiting_acks"] == 4,
+        20,
+        "four batches waiting for their acks",
+    )
+    assert stack.sim.mqtt()["not_acked"] == 4
+    stack.sim.http.delete("/sim/mqtt/faults").raise_for_status()
+    wait_until(lambda: gw.status()["outbox"]["pending"] == 0, 60, "the backlog settled")
+    assert {e["data"]["seq"] for e in stack.sim.events()} == set(range(200))
