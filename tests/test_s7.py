@@ -235,8 +235,15 @@ def test_every_area_and_data_type_reaches_the_platform(platform, gateway_factory
         plc.stop()
 
 
-def test_five_hundred_tags_are_one_or_two_requests_per_scan_at_the_server(
-    platform, gateway_factory, tmp_path
+@pytest.mark.parametrize(
+    ("pdu_size", "requests_per_scan", "variables"),
+    [
+        (480, 2, 3),  # DB1's 800 bytes as 462 + 338, M's 100: two requests
+        (240, 5, 5),  # answers of 222 bytes at most: DB1 in four variables, M in one
+    ],
+)
+def test_five_hundred_tags_take_the_fewest_requests_the_pdu_allows(
+    platform, gateway_factory, tmp_path, pdu_size: int, requests_per_scan: int, variables: int
 ) -> None:
     db1 = b"".join(struct.pack(">H", i) for i in range(400))
     plc = S7Plcs(tmp_path, {"DB1": db1, "M": bytes(range(100))}).start()
@@ -244,7 +251,9 @@ def test_five_hundred_tags_are_one_or_two_requests_per_scan_at_the_server(
     tags += [{"name": f"m{i}", "address": f"M{i}.{i % 8}"} for i in range(100)]
     try:
         config = base_config(platform)
-        config["services"] = [_service(plc.port, tags, scan_interval_ms=100)]
+        service = _service(plc.port, tags, scan_interval_ms=100)
+        service["devices"][0]["pdu_size"] = pdu_size
+        config["services"] = [service]
         gw = gateway_factory(config).start()
         events = wait_until(lambda: (e := platform.events()) and len(e) >= 5 and e, what="5 scans")
         want = {f"w{i}": i for i in range(400)} | {
@@ -252,12 +261,13 @@ def test_five_hundred_tags_are_one_or_two_requests_per_scan_at_the_server(
         }
         assert all(e["data"] == want for e in events)
         device = gw.status()["services"][0]["details"]["devices"][0]
-        # 800 bytes of DB1 and 100 of M: three variables of <= 462 bytes, two requests
-        assert device["requests_per_scan"] == 2
+        assert device["pdu_size"] == pdu_size  # the server granted what was asked
+        assert device["requests_per_scan"] == requests_per_scan
         requests, items = plc.reads()
-        scans = device["requests"] // 2
-        assert scans >= 5 and requests <= device["requests"] + 2  # the server saw no more
-        assert items / requests == pytest.approx(1.5, abs=0.1)  # 3 variables in 2 requests
+        assert requests >= 5 * requests_per_scan
+        assert requests <= device["requests"] + requests_per_scan  # the server saw no more
+        # variables per request as planned (a scan may be under way when counted)
+        assert items / requests == pytest.approx(variables / requests_per_scan, rel=0.1)
     finally:
         plc.stop()
 
