@@ -4,7 +4,8 @@ Tags of one area and data block that lie within `max_gap` bytes become one byte 
 the ranges are packed into multi-variable read requests (≤ 20 variables, request and answer
 within the PDU size the PLC granted): a few requests per scan however many tags. PLCs are
 read concurrently and independently: one that does not answer affects only its own tags, is
-retried with backoff and is shown in the status; a variable the PLC refuses (a data block
+retried with backoff and is shown in the status (each PLC is polled on its own schedule,
+so one that times out never delays the others); a variable the PLC refuses (a data block
 that does not exist) fails only its tags, named in the PLC's last_error.
 """
 
@@ -128,19 +129,19 @@ class S7Adapter(Adapter):
         self._once = OnceLogger(log)
         self._writer = S7Writer(config)
 
-    async def scan(self) -> list[dict[str, Any]]:
-        values: dict[str, Any] = {}
-        for plc_values in await asyncio.gather(*(p.read() for p in self.plcs)):
-            values.update(plc_values)
+    async def scan(self, plc: _Plc) -> list[dict[str, Any]]:
+        """One PLC read: a reading for each thing with tags on it (a thing whose tags are
+        on several PLCs gets one reading from each)."""
+        values = await plc.read()
         ts = int(time.time() * 1000)
+        self.status.details["requests_per_scan"] = sum(
+            p.state["requests_per_scan"] or 0 for p in self.plcs
+        )
         out = []
         for thing_key, tags in self._things:
             data = {tag: values[tag] for tag in tags if tag in values}
             if data:
                 out.append(reading(thing_key, ts, data))
-        self.status.details["requests_per_scan"] = sum(
-            p.state["requests_per_scan"] or 0 for p in self.plcs
-        )
         return out
 
     def _report_devices(self) -> None:
@@ -173,17 +174,21 @@ class S7Adapter(Adapter):
     async def run(self) -> None:
         self.status.state = "running"
         try:
-            async for _ in ticks(self.config.scan_interval_ms / 1000):
-                readings = await self.scan()
-                self._report_devices()
-                if readings:
-                    try:
-                        await self.sink(readings)
-                    except Rejected as exc:
-                        self.status.error(exc.reason)
+            # each PLC on its own schedule: one that times out never delays the others
+            await asyncio.gather(*(self._poll(p) for p in self.plcs))
         finally:
             for p in self.plcs:
                 await p.link.close()
+
+    async def _poll(self, plc: _Plc) -> None:
+        async for _ in ticks(self.config.scan_interval_ms / 1000):
+            readings = await self.scan(plc)
+            self._report_devices()
+            if readings:
+                try:
+                    await self.sink(readings)
+                except Rejected as exc:
+                    self.status.error(exc.reason)
 
     # ------------------------------------------------------------------ writes (writer.py)
 
