@@ -124,6 +124,7 @@ REGISTRY: dict[str, Plugin] = {
         _adapter("mtconnect", "MtconnectService", "MtconnectAdapter"),
         _adapter("s7", "S7Service", "S7Adapter"),
         _adapter("ethernet_ip", "EthernetIpService", "EthernetIpAdapter"),
+        _adapter("bacnet", "BacnetService", "BacnetAdapter"),
     )
 }
 
