@@ -89,7 +89,8 @@ class AuthRoutes:
 
     async def login(self, request: Request) -> Response:
         fields = await form(request)
-        name, password = fields.get("username", "").strip(), fields.get("password", "")
+        # a name is at most 64 characters (store.py): a longer one is kept short in memory and logs
+        name, password = fields.get("username", "").strip()[:65], fields.get("password", "")
         address = client_address(request)
         keys = (f"user:{name}", f"address:{address}")
         wait = self.lockout.locked_for(*keys)
