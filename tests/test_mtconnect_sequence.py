@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -221,3 +222,48 @@ async def test_a_document_over_the_bound_is_refused_and_reported(tmp_path) -> No
             assert "max_document_bytes" in adapter.followers[0].state["last_error"]
     finally:
         agent.stop()
+
+
+async def test_a_new_run_goes_on_from_the_saved_position(agent, tmp_path) -> None:
+    """A gateway restart (or a failover: the position is in the data directory) neither
+    re-delivers nor skips: it reads on from where the last run's durable readings ended."""
+    config = service([agent], "streaming")
+    first = Collect()
+    adapter = MtconnectAdapter(config, first, workdir=tmp_path)
+    task = asyncio.create_task(adapter.run())
+    await until(lambda: first.values("exec"), "the /current state")
+    await asyncio.to_thread(_set, agent, [1.0, 2.0])
+    await until(lambda: first.values("x0")[-1:] == [2.0], "first values")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    saved = json.loads((tmp_path / "mtconnect" / "cnc" / "a0.json").read_text())
+    assert saved["next_sequence"] == adapter.followers[0].state["next_sequence"]
+    await asyncio.to_thread(_set, agent, [3.0, 4.0])  # while the gateway is away
+    second = Collect()
+    async with running_in(config, second, tmp_path) as adapter:
+        await until(lambda: second.values("x0")[-1:] == [4.0], "values of the gap")
+        await asyncio.sleep(0.3)
+        assert second.values("x0") == [3.0, 4.0] and second.values("exec") == []
+    # the agent restarts while the gateway is away: its new instance is read from the start
+    await asyncio.to_thread(agent.restart)
+    await asyncio.to_thread(_set, agent, [5.0])
+    third = Collect()
+    async with running_in(config, third, tmp_path) as adapter:
+        await until(lambda: third.values("x0")[-1:] == [5.0], "the new instance")
+        assert third.values("x0") == [None, 5.0] and third.values("exec") == ["READY"]
+        assert adapter.followers[0].state["agent_restarts"] == 1
+
+
+@contextlib.asynccontextmanager
+async def running_in(
+    config: MtconnectService, sink: Collect, workdir: Path
+) -> AsyncIterator[MtconnectAdapter]:
+    adapter = MtconnectAdapter(config, sink, workdir=workdir)
+    task = asyncio.create_task(adapter.run())
+    try:
+        yield adapter
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

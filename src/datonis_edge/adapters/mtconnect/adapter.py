@@ -25,6 +25,7 @@ from .client import AgentClient, AgentUnreachable
 from .config import READ_ONLY, MtconnectService
 from .documents import BadDocument, DataItem, Observation
 from .follower import Follower, Gap, InstanceChanged
+from .position import Positions
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ class MtconnectAdapter(Adapter):
     # ------------------------------------------------------------------ reading
 
     async def run(self) -> None:
-        self.status.state = "running"
         cfg = self.config
+        positions = Positions(self.workdir, cfg.name)
         connector = aiohttp.TCPConnector(limit_per_host=4)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=True) as session:
             self.followers = [
@@ -68,6 +69,7 @@ class MtconnectAdapter(Adapter):
                     ),
                     self._deliver,
                     lambda kind, what, name=agent.name: self._event(name, kind, what),
+                    positions,
                 )
                 for agent in cfg.agents
             ]

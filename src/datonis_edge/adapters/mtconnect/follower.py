@@ -23,6 +23,7 @@ from ..base import ticks
 from .client import AgentClient
 from .config import MtconnectAgent, MtconnectService
 from .documents import AgentError, BadDocument, DataItem, Observation, parse_devices, parse_streams
+from .position import Positions
 
 
 class InstanceChanged(Exception):
@@ -53,6 +54,7 @@ class Follower:
         client: AgentClient,
         deliver: Deliver,
         on_event: Callable[[str, Any], None],
+        positions: Positions,
     ) -> None:
         self.agent = agent
         self.service = service
@@ -61,6 +63,8 @@ class Follower:
         self.on_event = (
             on_event  # ("probed", items), ("read", None), ("gap", Gap), ("restart", ...)
         )
+        self.positions = positions
+        self.saved = positions.load(agent.name)  # where a previous run got to
         self.instance: str | None = None
         self.next: int | None = None
         self.items: dict[str, DataItem] = {}
@@ -92,6 +96,11 @@ class Follower:
                     await self.resync(self.next)
                 if self.instance is None:
                     await self.probe()
+                if self.next is None and self.saved is not None:
+                    saved, self.saved = self.saved, None
+                    if saved[0] != self.instance:  # it restarted while we were away
+                        raise InstanceChanged(saved[0], self.instance or "")
+                    self.next = saved[1]  # go on where the previous run stopped
                 if self.next is None:
                     await self.resync(None)
                 pending = None
@@ -147,6 +156,8 @@ class Follower:
             await self.deliver(self, observations)
             self.state["observations"] += len(observations)
         self.next = next_sequence
+        if self.instance is not None:
+            self.positions.save(self.agent.name, self.instance, next_sequence)
         self.state.update(
             next_sequence=next_sequence,
             connected=True,
