@@ -3,6 +3,7 @@ keys of a service and of a listener, the tag cross-check. Imports no protocol.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import (
@@ -81,6 +82,21 @@ class OutboxConfig(Base):
     policy: Literal["drop_oldest", "reject_new"] = "drop_oldest"
 
 
+@dataclass(slots=True)
+class MetricRecord:
+    """A validated metric as the running gateway keeps it (ThingConfig turns each MetricConfig
+    into one): ~0.1 kB where a pydantic model takes ~0.6 kB, which counts with 15,000 metrics."""
+
+    name: str
+    tag: str
+    expression: str
+    inputs: tuple[str, ...]
+    scale: float | None
+    offset: float | None
+    diff: bool
+    deadband: float
+
+
 class MetricConfig(Base):
     name: str = Field(min_length=1)
     tag: str = ""
@@ -108,10 +124,23 @@ class MetricConfig(Base):
                 raise ValueError(f"expression: {exc}") from None
         return self
 
+    def record(self) -> MetricRecord:
+        return MetricRecord(
+            self.name,
+            self.tag,
+            self.expression,
+            tuple(self.inputs),
+            self.scale,
+            self.offset,
+            self.diff,
+            self.deadband,
+        )
+
 
 class ThingConfig(Base):
     thing_key: str = Field(min_length=1)
     thing_name: str = ""
+    # validated as MetricConfig, then kept as MetricRecord (the same attribute names)
     metrics: list[MetricConfig] = Field(default_factory=list)
     instructions: list[InstructionRule] = Field(default_factory=list)  # config/instructions.py
 
@@ -125,6 +154,7 @@ class ThingConfig(Base):
                     "metric names must be unique within a thing"
                 )
             seen[m.name] = i
+        self.metrics = [m.record() for m in self.metrics]  # type: ignore[misc]
         return self
 
     def tags_used(self) -> set[str]:

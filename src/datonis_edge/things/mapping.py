@@ -9,28 +9,15 @@ the http_listener already speaks in metrics). A configured thing keeps only its 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from ..config.models import ThingConfig
+from ..config.models import MetricRecord, ThingConfig
 from .expressions import Expression
 
 _UNSET = object()
 
 
-@dataclass(slots=True)
-class _Metric:
-    name: str
-    tag: str
-    scale: float | None
-    offset: float | None
-    diff: bool
-    deadband: float
-    expression: Expression | None
-    inputs: list[str]
-
-
-def _scaled(m: _Metric, value: Any) -> Any:
+def _scaled(m: MetricRecord, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value
     if m.scale is None and m.offset is None:
@@ -40,22 +27,15 @@ def _scaled(m: _Metric, value: Any) -> Any:
 
 class ThingMap:
     def __init__(self, things: list[ThingConfig], send_interval_ms: int = 0) -> None:
-        self._things = {
-            t.thing_key: [
-                _Metric(
-                    m.name,
-                    m.tag,
-                    m.scale,
-                    m.offset,
-                    m.diff,
-                    m.deadband,
-                    Expression(m.expression, len(m.inputs)) if m.expression else None,
-                    m.inputs,
-                )
-                for m in t.metrics
-            ]
-            for t in things
-            if t.metrics
+        # the config's own metric records (config/models.py); expressions compiled once
+        self._things: dict[str, list[MetricRecord]] = {
+            t.thing_key: t.metrics for t in things if t.metrics
+        }
+        self._expressions = {
+            (key, m.name): Expression(m.expression, len(m.inputs))
+            for key, metrics in self._things.items()
+            for m in metrics
+            if m.expression
         }
         self._last_sent: dict[tuple[str, str], Any] = {}
         self._latest: dict[tuple[str, str], Any] = {}  # inputs of expressions
@@ -68,7 +48,7 @@ class ThingMap:
     def passthrough(self) -> bool:
         return not self._things and not self.send_interval
 
-    def _changed(self, key: tuple[str, str], m: _Metric, value: Any) -> bool:
+    def _changed(self, key: tuple[str, str], m: MetricRecord, value: Any) -> bool:
         last = self._last_sent.get(key, _UNSET)
         if last is _UNSET:
             return True
@@ -86,19 +66,18 @@ class ThingMap:
         self._previous[key] = self._latest.get(key, value)
         self._latest[key] = value
 
-    def _derive(self, thing_key: str, m: _Metric, tags: dict[str, Any]) -> Any:
-        assert m.expression is not None
+    def _derive(self, thing_key: str, m: MetricRecord, tags: dict[str, Any]) -> Any:
         keys = [(thing_key, name) for name in m.inputs]
         if any(k not in self._latest for k in keys):
             return _UNSET  # not every input has been seen yet
         try:
-            return m.expression.evaluate(
+            return self._expressions[(thing_key, m.name)].evaluate(
                 [self._latest[k] for k in keys], [self._previous[k] for k in keys]
             )
         except (ZeroDivisionError, TypeError, ValueError, ArithmeticError):
             return _UNSET  # e.g. a division by a zero difference: no value this time
 
-    def _map(self, r: dict[str, Any], metrics: list[_Metric]) -> dict[str, Any]:
+    def _map(self, r: dict[str, Any], metrics: list[MetricRecord]) -> dict[str, Any]:
         thing_key, values = r["thing_key"], r["data"]
         data: dict[str, Any] = {}
         # raw tags that expressions read directly
@@ -107,7 +86,7 @@ class ThingMap:
                 if name in values and not any(x.name == name for x in metrics):
                     self._remember(thing_key, name, values[name])
         for m in metrics:
-            if m.expression is None:
+            if not m.expression:
                 if m.tag not in values:
                     continue
                 value = _scaled(m, values[m.tag])

@@ -21,7 +21,7 @@ from pymodbus.exceptions import ModbusException
 
 from ...logs import OnceLogger
 from ..base import Adapter, ReadingSink, Rejected, reading, ticks
-from .codec import ReadGroup, TagSpec, plan_reads
+from .codec import ReadGroup, plan_reads
 from .config import ModbusDevice, ModbusTcpService
 from .writer import ModbusWriter
 
@@ -132,22 +132,7 @@ class ModbusTcpAdapter(Adapter):
     ) -> None:
         super().__init__(config, sink, workdir)
         self.config: ModbusTcpService = config
-        devices = {d.name: d for d in config.devices}
-        specs = [
-            TagSpec(
-                name=t.name,
-                device=t.device,
-                unit_id=t.unit_id if t.unit_id is not None else devices[t.device].unit_id,
-                register=t.register_kind,
-                address=t.address,
-                count=t.count or 1,
-                data_type=t.data_type,
-                endian=t.endian,
-                bit_index=t.bit_index,
-            )
-            for t in config.tags
-        ]
-        groups = plan_reads(specs, config.max_gap)
+        groups = plan_reads(config.tags, config.max_gap)  # TagSpec records (config.py)
         self.devices = [
             _Device(
                 d, [g for g in groups if g.device == d.name], config.retry_max_backoff_ms / 1000

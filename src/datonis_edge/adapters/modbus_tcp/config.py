@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ...config.models import Base, ServiceBase, check_tag_references
+from .codec import TagSpec
 from .vocabulary import DATA_TYPES, ENDIANS, REGISTER_KINDS, REGISTERS_NEEDED, normalize
 
 
@@ -81,10 +82,25 @@ class ModbusTag(Base):
             )
         return self
 
+    def record(self, device_unit_id: int) -> TagSpec:
+        assert self.count is not None  # set by _shape
+        return TagSpec(
+            self.name,
+            self.device,
+            self.unit_id if self.unit_id is not None else device_unit_id,
+            self.register_kind,
+            self.address,
+            self.count,
+            self.data_type,
+            self.endian,
+            self.bit_index,
+        )
+
 
 class ModbusTcpService(ServiceBase):
     type: Literal["modbus_tcp"]
     devices: list[ModbusDevice] = Field(min_length=1)
+    # validated as ModbusTag, then kept as TagSpec records (the same attribute names)
     tags: list[ModbusTag] = Field(default_factory=list)
     # tags closer than this many addresses are read in one request
     max_gap: int = Field(16, ge=0, le=2000)
@@ -103,4 +119,5 @@ class ModbusTcpService(ServiceBase):
                 raise ValueError(
                     f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(devices)})"
                 )
+        self.tags = [t.record(devices[t.device].unit_id) for t in self.tags]  # type: ignore[misc]
         return self
