@@ -354,6 +354,10 @@ def test_a_missing_data_block_fails_only_its_tags_and_is_named(
         device = gw.status()["services"][0]["details"]["devices"][0]
         assert device["connected"] is True
         assert device["last_error"] == "gone: the object does not exist (no such data block)"
+        wait_until(lambda: len(platform.events()) >= 5, what="5 scans")
+        log = gw.proc.log() if gw.proc else ""
+        assert log.count("refused variables: gone: the object does not exist") == 1, log
+        assert gw.status()["services"][0]["state"] == "running"  # the PLC answers
     finally:
         plc.stop()
 

@@ -144,28 +144,42 @@ class S7Adapter(Adapter):
                 out.append(reading(thing_key, ts, data))
         return out
 
-    def _report_devices(self) -> None:
-        """One line when a PLC stops answering (each on its own), one when it answers
-        again; the service is degraded while any is down."""
-        down = []
-        for p in self.plcs:
-            key = f"device:{p.config.name}"
-            if p.state["connected"]:
-                self._once.resolve(
-                    key, "services '%s': %s answers again", self.config.name, p.link.where
+    def _report(self, plc: _Plc) -> None:
+        """One line when a PLC stops answering, or refuses variables, and one when that
+        ends (each PLC on its own); the service is degraded while any PLC is down."""
+        name, where = plc.config.name, plc.link.where
+        if plc.state["connected"]:
+            self._once.resolve(
+                f"device:{name}", "services '%s': %s answers again", self.config.name, where
+            )
+            if plc.state["last_error"]:
+                self._once.log(
+                    f"refused:{name}",
+                    "services '%s': %s refused variables: %s; check the addresses against the "
+                    "PLC program (data block numbers and lengths, optimized block access off)",
+                    self.config.name,
+                    where,
+                    plc.state["last_error"],
                 )
-                continue
-            if p.state["last_error"] is None:
-                continue  # not tried yet
-            down.append(p.config.name)
+            else:
+                self._once.resolve(
+                    f"refused:{name}",
+                    "services '%s': %s reads every variable again",
+                    self.config.name,
+                    where,
+                )
+        elif plc.state["last_error"] is not None:  # tried, and did not answer
             self._once.log(
-                key,
+                f"device:{name}",
                 "services '%s': %s does not answer: %s; %s",
                 self.config.name,
-                p.link.where,
-                p.state["last_error"],
+                where,
+                plc.state["last_error"],
                 self.hint,
             )
+        down = [
+            p.config.name for p in self.plcs if not p.state["connected"] and p.state["last_error"]
+        ]
         if down:
             self.status.error(f"PLCs not answering: {', '.join(down)}", "degraded", announce=False)
         else:
@@ -183,7 +197,7 @@ class S7Adapter(Adapter):
     async def _poll(self, plc: _Plc) -> None:
         async for _ in ticks(self.config.scan_interval_ms / 1000):
             readings = await self.scan(plc)
-            self._report_devices()
+            self._report(plc)
             if readings:
                 try:
                     await self.sink(readings)
