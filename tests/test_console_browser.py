@@ -60,6 +60,15 @@ def log_in(page, gw: Gateway, user: str, password: str) -> None:  # type: ignore
     page.click("main button[type=submit]")
 
 
+def logged_in(factory: Factory, platform: PlatformSim, page, role: str) -> Gateway:  # type: ignore[no-untyped-def]
+    """A running gateway, and `page` logged in to it as a new user of `role` (named so)."""
+    gw = factory(base_config(platform)).start()
+    add_user(gw.datadir, f"{role}1", STRONG, role)
+    log_in(page, gw, f"{role}1", STRONG)
+    page.wait_for_url(url(gw, "/"))
+    return gw
+
+
 def test_first_login_with_the_generated_password_forces_a_change(
     gateway_factory: Factory, platform: PlatformSim, page
 ) -> None:  # type: ignore[no-untyped-def]
@@ -114,10 +123,7 @@ def test_five_wrong_passwords_lock_the_login(
 def test_a_viewer_sees_no_admin_forms_and_cannot_replay(
     gateway_factory: Factory, platform: PlatformSim, page
 ) -> None:  # type: ignore[no-untyped-def]
-    gw = gateway_factory(base_config(platform)).start()
-    add_user(gw.datadir, "viewer1", STRONG, "viewer")
-    log_in(page, gw, "viewer1", STRONG)
-    page.wait_for_url(url(gw, "/"))
+    logged_in(gateway_factory, platform, page, "viewer")
     assert "viewer" in page.inner_text("header")
     assert page.locator("form[action='/declined/replay']").count() == 0
     # what a crafted request from the viewer's own page gets
@@ -135,10 +141,7 @@ def test_a_viewer_sees_no_admin_forms_and_cannot_replay(
 def test_an_admin_replays_from_the_page_and_a_form_without_csrf_is_refused(
     gateway_factory: Factory, platform: PlatformSim, page
 ) -> None:  # type: ignore[no-untyped-def]
-    gw = gateway_factory(base_config(platform)).start()
-    add_user(gw.datadir, "admin1", STRONG, "admin")
-    log_in(page, gw, "admin1", STRONG)
-    page.wait_for_url(url(gw, "/"))
+    gw = logged_in(gateway_factory, platform, page, "admin")
     page.click("text=Replay all declined batches")
     page.wait_for_url(url(gw, "/?replayed=0"))
     assert any(e["action"] == "declined_replay" for e in audit(gw.datadir))

@@ -5,9 +5,10 @@ Every change is written to the audit log as coming from `cli USER@HOST`."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -27,6 +28,7 @@ DataDir = Annotated[
         help="The data directory (shared between master and standbys).",
     ),
 ]
+T = TypeVar("T")
 Role = Annotated[str, typer.Option("--role", help="admin (may change things) or viewer (reads).")]
 
 
@@ -55,6 +57,18 @@ def _audit(datadir: Path, action: str, **details: object) -> None:
     AuditLog(datadir).record(origin.split(" ", 1)[1], action, origin, **details)
 
 
+def _apply(datadir: Path, change: Callable[[], T], action: str, **details: object) -> T:
+    """Make the change (a refusal: its sentence, exit 1), then audit it."""
+    from .auth import AuthError
+
+    try:
+        result = change()
+    except AuthError as exc:
+        raise _fail(str(exc)) from None
+    _audit(datadir, action, **details)
+    return result
+
+
 def _when(ms: int | None) -> str:
     if not ms:
         return "never"
@@ -67,14 +81,10 @@ def _when(ms: int | None) -> str:
 @token_app.command("create")
 def token_create(name: str, datadirpath: DataDir, role: Role = "viewer") -> None:
     """Create an API token and print it (once: only its hash is kept)."""
-    from .auth import AuthError
-
     store = _store(datadirpath)
-    try:
-        token = store.create_token(name, role)
-    except AuthError as exc:
-        raise _fail(str(exc)) from None
-    _audit(datadirpath, "token_created", token=name, role=role)
+    token = _apply(
+        datadirpath, lambda: store.create_token(name, role), "token_created", token=name, role=role
+    )
     typer.echo(token)
     typer.echo(
         f"token '{name}' ({role}) created; it is shown this once. Send it as "
@@ -98,13 +108,8 @@ def token_list(datadirpath: DataDir) -> None:
 @token_app.command("revoke")
 def token_revoke(name: str, datadirpath: DataDir) -> None:
     """Revoke a token: the next request with it gets 401."""
-    from .auth import AuthError
-
-    try:
-        _store(datadirpath).revoke_token(name)
-    except AuthError as exc:
-        raise _fail(str(exc)) from None
-    _audit(datadirpath, "token_revoked", token=name)
+    store = _store(datadirpath)
+    _apply(datadirpath, lambda: store.revoke_token(name), "token_revoked", token=name)
     typer.echo(f"token '{name}' revoked")
 
 
@@ -130,19 +135,20 @@ def user_add(
     ] = False,
 ) -> None:
     """Add a user (asks for the password twice, or reads it from standard input)."""
-    from .auth import AuthError
-
     store = _store(datadirpath)
     if store.user(name) is not None:
         raise _fail(
             f"the user '{name}' exists already; change the password with "
             f"`datonis-edge console user passwd {name}`"
         )
-    try:
-        store.add_user(name, _read_password(password_stdin), role)
-    except AuthError as exc:
-        raise _fail(str(exc)) from None
-    _audit(datadirpath, "user_added", user=name, role=role)
+    password = _read_password(password_stdin)
+    _apply(
+        datadirpath,
+        lambda: store.add_user(name, password, role),
+        "user_added",
+        user=name,
+        role=role,
+    )
     typer.echo(f"user '{name}' ({role}) added")
 
 
@@ -155,30 +161,20 @@ def user_passwd(
     ] = False,
 ) -> None:
     """Set a user's password (ends the user's sessions)."""
-    from .auth import AuthError
-
     store = _store(datadirpath)
     if store.user(name) is None:
         known = ", ".join(sorted(store.users())) or "none"
         raise _fail(f"there is no user '{name}' (users: {known})")
-    try:
-        store.set_password(name, _read_password(password_stdin))
-    except AuthError as exc:
-        raise _fail(str(exc)) from None
-    _audit(datadirpath, "password_changed", user=name)
+    password = _read_password(password_stdin)
+    _apply(datadirpath, lambda: store.set_password(name, password), "password_changed", user=name)
     typer.echo(f"password of '{name}' changed; the user's sessions have ended")
 
 
 @user_app.command("remove")
 def user_remove(name: str, datadirpath: DataDir) -> None:
     """Remove a user (not the last admin); the user's sessions end."""
-    from .auth import AuthError
-
-    try:
-        _store(datadirpath).remove_user(name)
-    except AuthError as exc:
-        raise _fail(str(exc)) from None
-    _audit(datadirpath, "user_removed", user=name)
+    store = _store(datadirpath)
+    _apply(datadirpath, lambda: store.remove_user(name), "user_removed", user=name)
     typer.echo(f"user '{name}' removed")
 
 
