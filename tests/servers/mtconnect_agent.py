@@ -322,9 +322,11 @@ async def _stream(
             position, last_sent = next_seq, now
             if agent.next_seq > position:
                 continue  # more than `count` waiting: send on at once
+            await asyncio.sleep(interval_ms / 1000)  # at most one part per interval
+            continue
         async with agent.changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(agent.changed.wait(), interval_ms / 1000)
+                await asyncio.wait_for(agent.changed.wait(), heartbeat_ms / 1000)
         await asyncio.sleep(0)
 
 

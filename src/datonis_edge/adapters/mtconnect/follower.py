@@ -159,6 +159,7 @@ class Follower:
         if self.instance is not None:
             self.positions.save(self.agent.name, self.instance, next_sequence)
         self.state.update(
+            requests=self.client.requests,
             next_sequence=next_sequence,
             connected=True,
             last_error=None,
