@@ -87,10 +87,14 @@ class CountingDevice(Application):
         self.rpm, self.cov, self.count_file = rpm, cov, count_file
         self.counts: dict[str, int] = {}
 
-    def _count(self, service: str, n: int = 1) -> None:
-        self.counts[service] = self.counts.get(service, 0) + n
-        if self.count_file is not None:
-            self.count_file.write_text(json.dumps(self.counts))
+    def _count(self, service: str, objects: int = 0) -> None:
+        self.counts[service] = self.counts.get(service, 0) + 1
+        if objects:
+            self.counts["rpm_objects"] = self.counts.get("rpm_objects", 0) + objects
+        if self.count_file is not None:  # whole or not at all: a reader never sees half
+            partial = self.count_file.with_suffix(".tmp")
+            partial.write_text(json.dumps(self.counts))
+            partial.replace(self.count_file)
 
     def get_services_supported(self) -> ServicesSupported:
         supported = super().get_services_supported()
@@ -107,8 +111,7 @@ class CountingDevice(Application):
     async def do_ReadPropertyMultipleRequest(self, apdu: Any) -> None:
         if not self.rpm:
             raise UnrecognizedService()
-        self._count("read_property_multiple")
-        self._count("rpm_objects", len(apdu.listOfReadAccessSpecs))
+        self._count("read_property_multiple", len(apdu.listOfReadAccessSpecs))
         await super().do_ReadPropertyMultipleRequest(apdu)
 
     async def do_SubscribeCOVRequest(self, apdu: Any) -> None:
