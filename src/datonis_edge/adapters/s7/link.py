@@ -19,7 +19,7 @@ from snap7.error import S7Error
 from snap7.type import Parameter
 
 from .codec import Request
-from .config import CONNECTION_TYPES, S7Device
+from .config import S7Device
 
 logging.getLogger("snap7").setLevel(logging.CRITICAL)  # we report PLC errors ourselves
 
@@ -84,7 +84,7 @@ class S7Link:
         except (S7Error, OSError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
                 await client.disconnect()
-            raise LinkDown(f"cannot connect: {_reason(exc)}") from None
+            raise LinkDown(f"cannot connect: {self._reason(exc)}") from None
         if client.connection is not None:
             client.connection.timeout = self.timeout_s
         self.client = client
@@ -101,7 +101,7 @@ class S7Link:
             )
         except (S7Error, OSError, TimeoutError) as exc:
             await self.close()  # a request cut off mid-way leaves the stream out of step
-            raise LinkDown(_reason(exc) or "no answer") from None
+            raise LinkDown(self._reason(exc)) from None
 
     async def read(self, request: Request) -> list[bytes | ItemRefused]:
         """Each item's bytes, or ItemRefused for an item the PLC refused."""
@@ -145,6 +145,11 @@ class S7Link:
                 code = answer[0] if answer else 0
                 raise ItemRefused(RETURN_CODES.get(code, f"return code 0x{code:02X}"))
 
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"no answer within {self.timeout_s:g} s"
+        return str(exc) or exc.__class__.__name__
+
     async def close(self) -> None:
         client, self.client = self.client, None
         if client is not None:
@@ -165,10 +170,3 @@ def _payload(pdu: bytes, items: int) -> bytes:
     if param_len < 2 or pdu[13] != items:
         raise LinkDown("the answer does not match the request")
     return pdu[12 + param_len :]
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or exc.__class__.__name__
-
-
-__all__ = ["CONNECTION_TYPES", "ItemRefused", "LinkDown", "S7Link"]
