@@ -45,7 +45,7 @@ class BacnetAdapter(Adapter):
         super().__init__(config, sink, workdir)
         self.config: BacnetService = config
         self.link = BacnetLink(
-            config.local_address, config.local_instance, config.timeout_ms, config.retries
+            config.local_address or "", config.local_instance, config.timeout_ms, config.retries
         )
         self.link.on_notification = self._notified
         self._ids = itertools.count(1)

@@ -84,7 +84,7 @@ class BacnetService(ServiceBase):
     type: Literal["bacnet"]
     # the gateway's own BACnet/IP address and network prefix (its broadcast domain): required,
     # so the gateway never binds or broadcasts on an interface nobody chose
-    local_address: str
+    local_address: str | None = None
     local_instance: int = Field(4_194_302, ge=0, le=MAX_INSTANCE)  # the gateway's device instance
     devices: list[BacnetDevice] = Field(min_length=1)
     tags: list[BacnetTag] = Field(default_factory=list)
@@ -94,7 +94,9 @@ class BacnetService(ServiceBase):
 
     @field_validator("local_address")
     @classmethod
-    def _local(cls, v: str) -> str:
+    def _local(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         host, port, prefix = parse_host_port(v, with_prefix=True)
         if prefix is None:
             raise ValueError(
@@ -104,6 +106,11 @@ class BacnetService(ServiceBase):
 
     @model_validator(mode="after")
     def _references(self) -> BacnetService:
+        if self.local_address is None:
+            raise ValueError(
+                "local_address: give this gateway's BACnet/IP address and network prefix, like "
+                "10.0.3.5/24 (port 47808 by default); it binds and broadcasts only there"
+            )
         devices = {d.name: d for d in self.devices}
         if len(devices) != len(self.devices):
             raise ValueError("devices: two devices have the same name; names must be unique")
