@@ -24,8 +24,15 @@ SERVER = Path(__file__).parent / "servers" / "s7_server.py"
 class S7Plcs:
     """tests/servers/s7_server.py in its own process: one PLC per port (SIGSTOP: dead PLCs)."""
 
-    def __init__(self, tmp: Path, spec: dict[str, bytes], count: int = 1, name: str = "s7") -> None:
-        self.ports = [free_port() for _ in range(count)]
+    def __init__(
+        self,
+        tmp: Path,
+        spec: dict[str, bytes],
+        count: int = 1,
+        name: str = "s7",
+        ports: list[int] | None = None,
+    ) -> None:
+        self.ports = ports or [free_port() for _ in range(count)]
         spec_path = tmp / f"{name}-{self.ports[0]}.json"
         spec_path.write_text(json.dumps({k: v.hex() for k, v in spec.items()}))
         self.count_dir = tmp / f"{name}-counts"
@@ -335,6 +342,31 @@ def test_a_plc_that_stops_answering_affects_only_its_own_tags(
     finally:
         good.stop()
         flaky.stop()
+
+
+def test_a_restarted_plc_is_reconnected_and_read_with_its_new_values(
+    platform, gateway_factory, tmp_path
+) -> None:
+    plc = S7Plcs(tmp_path, {"DB1": struct.pack(">h", 1)}).start()
+    tags = [{"name": "v", "address": "DB1.DBW0", "type": "INT"}]
+    try:
+        config = base_config(platform)
+        config["services"] = [_service(plc.port, tags, retry_max_backoff_ms=500)]
+        gw = gateway_factory(config).start()
+        wait_until(lambda: platform.events(), what="a first event")
+        plc.stop()  # connection reset, then refused
+        wait_until(
+            lambda: gw.status()["services"][0]["state"] == "degraded", what="PLC reported down"
+        )
+        plc = S7Plcs(tmp_path, {"DB1": struct.pack(">h", 2)}, ports=[plc.port]).start()
+        wait_until(
+            lambda: any(e["data"] == {"v": 2} for e in platform.events()),
+            timeout=30,
+            what="the new PLC's value",
+        )
+        wait_until(lambda: gw.status()["services"][0]["state"] == "running", what="healthy again")
+    finally:
+        plc.stop()
 
 
 def test_a_missing_data_block_fails_only_its_tags_and_is_named(
