@@ -81,6 +81,10 @@ def _memory() -> tuple[dict[str, bytes], list[dict[str, Any]], dict[str, Any]]:
     struct.pack_into(">d", db1, 18, -12_345.678_9)  # DBB18 LREAL
     db1[26:28] = bytes([20, 7])  # DBB26 STRING[20] = 'Press-7'
     db1[28:35] = b"Press-7"
+    db1[40] = 0xFB  # DBB40 SINT -5
+    db1[41] = 250  # DBB41 USINT
+    struct.pack_into(">H", db1, 42, 60_000)  # DBW42 UINT
+    struct.pack_into(">I", db1, 44, 4_000_000_000)  # DBD44 UDINT
     db2 = bytearray(8)
     struct.pack_into(">f", db2, 4, -0.25)
     m = bytearray(32)
@@ -105,6 +109,10 @@ def _memory() -> tuple[dict[str, bytes], list[dict[str, Any]], dict[str, Any]]:
         {"name": "dword", "address": "DB1.DBD14"},
         {"name": "lreal", "area": "DB", "db": 1, "offset": 18, "type": "LREAL"},
         {"name": "text", "address": "DB1.DBB26", "type": "STRING", "length": 20},
+        {"name": "sint", "address": "DB1.DBB40", "type": "SINT"},
+        {"name": "usint", "address": "DB1.DBB41", "type": "USINT"},
+        {"name": "uint", "address": "DB1.DBW42", "type": "UINT"},
+        {"name": "udint", "area": "DB", "db": 1, "offset": 44, "type": "UDINT"},
         {"name": "db2_real", "area": "db", "db_number": 2, "offset": 4, "type": "real"},
         {"name": "mw10", "address": "MW10"},
         {"name": "md20", "address": "MD20", "type": "REAL"},
@@ -119,7 +127,8 @@ def _memory() -> tuple[dict[str, bytes], list[dict[str, Any]], dict[str, Any]]:
     expected = {
         "real": 21.5, "int": -1234, "bit_on": True, "bit_off": False, "byte": 0xA5,
         "dint": -123_456_789, "word": 54_321, "dword": 3_000_000_000, "lreal": -12_345.678_9,
-        "text": "Press-7", "db2_real": -0.25, "mw10": 4242, "md20": 3.75, "m0_1": True,
+        "text": "Press-7", "sint": -5, "usint": 250, "uint": 60_000, "udint": 4_000_000_000,
+        "db2_real": -0.25, "mw10": 4242, "md20": 3.75, "m0_1": True,
         "m0_0": False, "i0_1": True, "iw4": -7, "q0_0": True, "qb1": 99, "ew4": 65_529,
     }  # fmt: skip
     return spec, tags, expected
@@ -185,7 +194,7 @@ def test_spelled_out_addresses_are_the_same_as_siemens_ones() -> None:
         ("DB1.DBQ0", None, "is not an S7 address; write it like DB1.DBD0"),
         ("MW10.1", None, "drop '.1'"),
         ("M10", None, "names no size"),
-        ("DB1.DBW0", "REAL", "holds a WORD and cannot be read as REAL; use INT or WORD"),
+        ("DB1.DBW0", "REAL", "holds a WORD and cannot be read as REAL; use INT, UINT or WORD"),
         ("DB1.DBD0", "FLOT", "type: 'FLOT' is not an S7 data type"),
         ("DB0.DBW0", None, "data block numbers run from 1"),
     ],

@@ -31,6 +31,10 @@ SAMPLES = [
     ("mw10", "MW10", "INT", -5, ">h"),
     ("md20", "MD20", "REAL", 3.75, ">f"),
     ("qw2", "QW2", "WORD", 65_535, ">H"),
+    ("sint", "DB1.DBB40", "SINT", -100, ">b"),
+    ("usint", "DB1.DBB41", "USINT", 255, ">B"),
+    ("uint", "DB1.DBW42", "UINT", 60_000, ">H"),
+    ("udint", "DB1.DBD44", "UDINT", 4_000_000_000, ">I"),
 ]
 
 
@@ -114,6 +118,7 @@ async def test_a_bool_changes_only_its_bit_and_a_string_keeps_its_maximum(plc: S
     [
         ("int", 40_000, "int (int16) takes -32768 to 32767, not 40000"),
         ("byte", -1, "byte (uint8) takes 0 to 255, not -1"),
+        ("sint", 128, "sint (int8) takes -128 to 127, not 128"),
         ("word", 1.5, "word (uint16) takes a whole number, not 1.5"),
         ("real", "hot", "real takes a number (float32), not 'hot'"),
         ("flag", 2, "flag takes true or false, not 2"),

@@ -18,16 +18,18 @@ AREAS = {
 }  # fmt: skip
 
 # type -> bytes it occupies (STRING: its length + 2, set from `length`)
-TYPE_SIZES = {"BOOL": 1, "BYTE": 1, "INT": 2, "WORD": 2, "DINT": 4, "DWORD": 4, "REAL": 4,
-              "LREAL": 8, "STRING": 0}  # fmt: skip
+TYPE_SIZES = {"BOOL": 1, "BYTE": 1, "SINT": 1, "USINT": 1, "INT": 2, "UINT": 2, "WORD": 2,
+              "DINT": 4, "UDINT": 4, "DWORD": 4, "REAL": 4, "LREAL": 8, "STRING": 0}  # fmt: skip
 TYPES = {t.lower(): t for t in TYPE_SIZES} | {
-    "bit": "BOOL", "boolean": "BOOL", "uint8": "BYTE", "int16": "INT", "uint16": "WORD",
-    "int32": "DINT", "uint32": "DWORD", "float": "REAL", "float32": "REAL",
+    "bit": "BOOL", "boolean": "BOOL", "int8": "SINT", "uint8": "BYTE", "int16": "INT",
+    "uint16": "WORD", "int32": "DINT", "uint32": "DWORD", "float": "REAL", "float32": "REAL",
     "float64": "LREAL", "double": "LREAL", "str": "STRING",
 }  # fmt: skip
 # the size letter of a Siemens address -> its default type and the types of that width
-_LETTERS = {"X": ("BOOL", {"BOOL"}), "B": ("BYTE", {"BYTE", "LREAL", "STRING"}),
-            "W": ("WORD", {"WORD", "INT"}), "D": ("DWORD", {"DWORD", "DINT", "REAL"})}  # fmt: skip
+_LETTERS = {"X": ("BOOL", {"BOOL"}),
+            "B": ("BYTE", {"BYTE", "SINT", "USINT", "LREAL", "STRING"}),
+            "W": ("WORD", {"WORD", "INT", "UINT"}),
+            "D": ("DWORD", {"DWORD", "DINT", "UDINT", "REAL"})}  # fmt: skip
 STRING_MAX = 254
 MAX_OFFSET = 65_535  # the byte offsets an S7 CPU's areas reach
 EXAMPLES = "DB1.DBD0, DB1.DBX6.3, DB1.DBW2, MW10, M0.1, I0.1, IW4, Q0.0 or QB1"

@@ -15,8 +15,8 @@ from typing import Any
 
 from .address import S7Address
 
-_FORMATS = {"BYTE": ">B", "INT": ">h", "WORD": ">H", "DINT": ">i", "DWORD": ">I", "REAL": ">f",
-            "LREAL": ">d"}  # fmt: skip
+_FORMATS = {"BYTE": ">B", "SINT": ">b", "USINT": ">B", "INT": ">h", "UINT": ">H", "WORD": ">H",
+            "DINT": ">i", "UDINT": ">I", "DWORD": ">I", "REAL": ">f", "LREAL": ">d"}  # fmt: skip
 
 MAX_ITEMS = 20  # variables in one S7 read request (what S7 CPUs and snap7 accept)
 HEADER = 12  # S7 header of a response (request: 10, counted as 12 to be safe)

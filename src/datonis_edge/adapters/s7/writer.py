@@ -19,8 +19,9 @@ from .config import S7Device, S7Service, S7Tag
 from .link import ItemRefused, LinkDown, S7Link
 
 RECONNECT_S = 0.25  # while waiting for a PLC, how often to try it again
-FIT_AS = {"BOOL": "bool", "BYTE": "uint8", "INT": "int16", "WORD": "uint16", "DINT": "int32",
-          "DWORD": "uint32", "REAL": "float32", "LREAL": "float64", "STRING": "string"}  # fmt: skip
+FIT_AS = {"BOOL": "bool", "BYTE": "uint8", "SINT": "int8", "USINT": "uint8", "INT": "int16",
+          "UINT": "uint16", "WORD": "uint16", "DINT": "int32", "UDINT": "uint32", "DWORD": "uint32",
+          "REAL": "float32", "LREAL": "float64", "STRING": "string"}  # fmt: skip
 
 
 class S7Writer:
