@@ -4,9 +4,10 @@ keys of a service and of a listener, the tag cross-check. Imports no protocol.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -140,8 +141,10 @@ class MetricConfig(Base):
 class ThingConfig(Base):
     thing_key: str = Field(min_length=1)
     thing_name: str = ""
-    # validated as MetricConfig, then kept as MetricRecord (the same attribute names)
-    metrics: list[MetricConfig] = Field(default_factory=list)
+    # each validated as a MetricConfig and kept as a MetricRecord (the same attribute names)
+    metrics: list[Annotated[MetricConfig, AfterValidator(MetricConfig.record)]] = Field(
+        default_factory=list
+    )
     instructions: list[InstructionRule] = Field(default_factory=list)  # config/instructions.py
 
     @model_validator(mode="after")
@@ -154,7 +157,6 @@ class ThingConfig(Base):
                     "metric names must be unique within a thing"
                 )
             seen[m.name] = i
-        self.metrics = [m.record() for m in self.metrics]  # type: ignore[misc]
         return self
 
     def tags_used(self) -> set[str]:

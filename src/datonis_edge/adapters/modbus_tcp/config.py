@@ -3,9 +3,9 @@ aliases) and the read planning knobs."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from ...config.models import Base, ServiceBase, check_tag_references
 from .codec import TagSpec
@@ -82,12 +82,13 @@ class ModbusTag(Base):
             )
         return self
 
-    def record(self, device_unit_id: int) -> TagSpec:
+    def record(self) -> TagSpec:
+        """The tag as the adapter keeps it (its device and unit_id are settled by the service)."""
         assert self.count is not None  # set by _shape
         return TagSpec(
             self.name,
             self.device,
-            self.unit_id if self.unit_id is not None else device_unit_id,
+            self.unit_id,  # type: ignore[arg-type]
             self.register_kind,
             self.address,
             self.count,
@@ -100,8 +101,9 @@ class ModbusTag(Base):
 class ModbusTcpService(ServiceBase):
     type: Literal["modbus_tcp"]
     devices: list[ModbusDevice] = Field(min_length=1)
-    # validated as ModbusTag, then kept as TagSpec records (the same attribute names)
-    tags: list[ModbusTag] = Field(default_factory=list)
+    # each validated as a ModbusTag and kept as a TagSpec record (the same attribute names):
+    # 15,000 tags never exist as pydantic models at once
+    tags: list[Annotated[ModbusTag, AfterValidator(ModbusTag.record)]] = Field(default_factory=list)
     # tags closer than this many addresses are read in one request
     max_gap: int = Field(16, ge=0, le=2000)
     retry_max_backoff_ms: int = Field(30_000, ge=100)
@@ -119,5 +121,6 @@ class ModbusTcpService(ServiceBase):
                 raise ValueError(
                     f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(devices)})"
                 )
-        self.tags = [t.record(devices[t.device].unit_id) for t in self.tags]  # type: ignore[misc]
+            if tag.unit_id is None:
+                tag.unit_id = devices[tag.device].unit_id
         return self
