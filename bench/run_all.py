@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import commit_window
 import datonis_mqtt
 import delivery
+import ethernet_ip
 import failover
 import ingest
 import instructions
@@ -46,6 +47,8 @@ if __name__ == "__main__":
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
     s7.run(seconds=5 if quick else 15)
+    ethernet_ip.run("fast", seconds=5 if quick else 15)
+    ethernet_ip.run("cpppo", plcs=2 if quick else 5, seconds=10 if quick else 30)
     # beside ThingsBoard IoT Gateway: its quick form here; the full one (~20 min) with --peer-full
     peer_thingsboard.run(quick="--peer-full" not in sys.argv)
     instructions.run(100 if quick else 1000)
