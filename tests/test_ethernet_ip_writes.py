@@ -50,47 +50,49 @@ class NoSink:
 
 
 def logix_service(port: int) -> EthernetIpService:
+    return EthernetIpService.model_validate(logix_config(port))
+
+
+def logix_config(port: int) -> dict[str, Any]:
     tags = {"speed_sp": "Speed_SP", "count": "Count", "mode": "Mode", "run": "Run",
             "recipe": "Recipe", "label": "Label", "wide": "Wide", "steps": "Steps[0..3]",
             "gain": "Cfg.Gain", "ghost": "Ghost", "count_bit": "Count.4"}  # fmt: skip
-    return EthernetIpService.model_validate(
-        {
-            "type": "ethernet_ip",
-            "name": "logix",
-            "devices": [{"name": "plc-1", "host": "127.0.0.1", "port": port, "timeout_ms": 500}],
-            "tags": [{"name": n, "address": a} for n, a in tags.items()],
-            "things": [
-                {
-                    "thing_key": "press-1",
-                    "metrics": [{"name": "speed", "tag": "speed_sp"}],
-                    "instructions": [
-                        {
-                            "name": "set_speed",
-                            "match": {"command": "set_speed"},
-                            "writes": [
-                                {"tag": "speed_sp", "from": "value", "min": 0, "max": 1500},
-                                {"tag": "run", "value": True},
-                            ],
-                        },
-                        {
-                            "name": "recipe",
-                            "device_wait_ms": 1500,
-                            "writes": [
-                                {"tag": "recipe", "from": "recipe.name"},
-                                {"tag": "label", "from": "recipe.label"},
-                                {"tag": "count", "from": "recipe.count"},
-                                {"tag": "mode", "from": "recipe.mode"},
-                                {"tag": "wide", "from": "recipe.wide"},
-                                {"tag": "steps", "from": "recipe.steps"},
-                                {"tag": "gain", "from": "recipe.gain"},
-                            ],
-                        },
-                        {"name": "ghost", "writes": [{"tag": "ghost", "from": "ghost"}]},
-                    ],
-                }
-            ],
-        }
-    )
+    return {
+        "type": "ethernet_ip",
+        "name": "logix",
+        "devices": [{"name": "plc-1", "host": "127.0.0.1", "port": port, "timeout_ms": 500}],
+        "tags": [{"name": n, "address": a} for n, a in tags.items()],
+        "things": [
+            {
+                "thing_key": "press-1",
+                "metrics": [{"name": "speed", "tag": "speed_sp"}],
+                "instructions": [
+                    {
+                        "name": "set_speed",
+                        "match": {"command": "set_speed"},
+                        "writes": [
+                            {"tag": "speed_sp", "from": "value", "min": 0, "max": 1500},
+                            {"tag": "run", "value": True},
+                        ],
+                    },
+                    {
+                        "name": "recipe",
+                        "device_wait_ms": 1500,
+                        "writes": [
+                            {"tag": "recipe", "from": "recipe.name"},
+                            {"tag": "label", "from": "recipe.label"},
+                            {"tag": "count", "from": "recipe.count"},
+                            {"tag": "mode", "from": "recipe.mode"},
+                            {"tag": "wide", "from": "recipe.wide"},
+                            {"tag": "steps", "from": "recipe.steps"},
+                            {"tag": "gain", "from": "recipe.gain"},
+                        ],
+                    },
+                    {"name": "ghost", "writes": [{"tag": "ghost", "from": "ghost"}]},
+                ],
+            }
+        ],
+    }
 
 
 class Rig:
@@ -215,3 +217,40 @@ async def test_a_tag_the_plc_lacks_or_a_plc_that_does_not_answer_fails_the_instr
         plc.proc.signal(signal.SIGCONT)
     ok, message = await rig.send({"command": "set_speed", "value": 7})
     assert ok, message  # the PLC answers again: so do instructions
+
+
+def test_an_instruction_through_mosquitto_writes_the_plc_and_the_new_value_comes_back(
+    tmp_path: Path, plc: EnipPlc, gateway_factory
+) -> None:
+    """End to end: the platform simulator publishes through a real mosquitto, a real gateway
+    process writes the PLC, the ack comes back as an alert, and the next scan delivers it."""
+    from datonis_edge.protocol.datonis import mqtt_password
+    from helpers import Mosquitto, PlatformSim, base_config, wait_until
+
+    broker = Mosquitto(tmp_path, users={AK: mqtt_password(AK, SK), "sim": "sim-pw"}).start()
+    sim = PlatformSim(
+        tmp_path, AK, SK, mqtt_broker=f"mqtt://sim:sim-pw@127.0.0.1:{broker.port}"
+    ).start()
+    try:
+        config = base_config(sim, protocol="mqtt", endpoint=f"mqtt://127.0.0.1:{broker.port}")
+        config["services"] = [{**logix_config(plc.port), "scan_interval_ms": 200}]
+        gw = gateway_factory(config).start()
+        wait_until(
+            lambda: gw.status()["instructions"]["details"].get("receiving"), 20, "subscribed"
+        )
+        key = sim.send_instruction("press-1", {"command": "set_speed", "value": 1200.5})
+
+        def ack() -> dict[str, Any] | None:
+            return next((a for a in sim.instructions()["acks"] if a["alert_key"] == key), None)
+
+        got = wait_until(ack, 30, "the instruction's ack")
+        assert got["data"] == {"execution_status": "success"}
+        assert got["message"] == "set_speed: wrote speed_sp=1200.5, run=true"
+        assert read_back(plc.port, "Speed_SP", "Run") == [1200.5, True]
+        wait_until(
+            lambda: any(e["data"].get("speed") == 1200.5 for e in sim.events()), 20,
+            "the written value read back by the gateway and delivered",
+        )  # fmt: skip
+    finally:
+        sim.stop()
+        broker.stop()
