@@ -302,3 +302,22 @@ def test_a_plc_that_stops_answering_affects_only_its_own_tags(
     wait_until(lambda: gw.status()["services"][0]["state"] == "running", what="healthy again")
     log = gw.proc.log()
     assert log.count("does not answer") == 1 and log.count("answers again") == 1
+
+
+def test_slot_and_route_become_the_forward_open_path() -> None:
+    """cpppo accepts any connection path, so the route is checked in the bytes pylogix sends:
+    CIP port segments (Vol. 1 C-1.4.1), then the message router."""
+    from datonis_edge.adapters.ethernet_ip.config import EnipDevice
+    from datonis_edge.adapters.ethernet_ip.session import Session
+
+    def path(**keys: Any) -> bytes:
+        device = EnipDevice(name="p", host="127.0.0.1", **keys)
+        return Session(device)._new_plc().conn._connected_path()[1]
+
+    router = b"\x20\x02\x24\x01"
+    assert path() == b"\x01\x00" + router  # backplane, slot 0
+    assert path(slot=3) == b"\x01\x03" + router
+    assert path(route="1/4/2/10.0.3.5/1/0") == (
+        b"\x01\x04" + b"\x12\x0810.0.3.5" + b"\x01\x00" + router
+    )  # slot 4, out of port 2 to 10.0.3.5 (an extended link address), then slot 0
+    assert path(micro800=True) == router
