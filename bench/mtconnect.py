@@ -56,7 +56,7 @@ def plant(
 
 
 def _observations(status: dict) -> int:
-    return sum(a["observations"] for a in status["services"][0]["details"]["agents"])
+    return sum(a["observations"] for a in status["services"][0]["details"]["devices"])
 
 
 def run(
@@ -101,9 +101,9 @@ def run(
         tags_read_per_s=round(observations / wall),
         tags_delivered_per_s=round(observations * (events / received if received else 0) / wall),
         events_delivered_per_s=round(events / wall),
-        requests=sum(a["requests"] for a in svc["details"]["agents"]),
-        gaps=sum(a["gaps"] for a in svc["details"]["agents"]),
-        agents_down=sum(1 for a in svc["details"]["agents"] if not a["connected"]),
+        requests=sum(a["requests"] for a in svc["details"]["devices"]),
+        gaps=sum(a["gaps"] for a in svc["details"]["devices"]),
+        agents_down=sum(1 for a in svc["details"]["devices"] if not a["connected"]),
         gateway_cpu_cores=round(cpu / wall, 3),
         peak_rss_mb=round(rss, 1),
     )

@@ -90,7 +90,7 @@ def test_values_of_every_category_arrive_exactly(
         assert len({e["timestamp"] for e in events}) == len(events) == 3
         status = gw.status()["services"][0]
         assert status["state"] == "running"
-        agent_state = status["details"]["agents"][0]
+        agent_state = status["details"]["devices"][0]
         assert agent_state["connected"] and agent_state["gaps"] == 0
         assert agent_state["missing_data_items"] == []
     finally:
@@ -110,11 +110,14 @@ def test_a_dead_agent_is_reported_and_retried_while_another_delivers(
 
         def a0_down() -> Any:
             s = gw.status()["services"][0]
-            return s["state"] == "degraded" and not s["details"]["agents"][0]["connected"] and s
+            return s["state"] == "degraded" and not s["details"]["devices"][0]["connected"] and s
 
         status = wait_until(a0_down, what="a0 reported down")
-        assert "a0" in status["last_error"] and status["details"]["agents"][1]["connected"]
-        assert "retrying" in status["details"]["agents"][0]["last_error"]
+        assert "a0" in status["last_error"] and status["details"]["devices"][1]["connected"]
+        assert "retrying" in status["details"]["devices"][0]["last_error"]
+        metrics = gw.http.get("/metrics").text
+        assert 'datonis_edge_device_up{device="a0",service="cnc"} 0.0' in metrics
+        assert 'datonis_edge_device_up{device="a1",service="cnc"} 1.0' in metrics
         for i in range(5):  # the other agent keeps delivering, every value
             a1.set({"d0_x0": float(i)})
         wait_until(lambda: _values(platform, "vmc-1", "x0")[-1:] == [4.0], what="a1 values")

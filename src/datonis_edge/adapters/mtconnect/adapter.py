@@ -73,7 +73,8 @@ class MtconnectAdapter(Adapter):
                 )
                 for agent in cfg.agents
             ]
-            self.status.details["agents"] = [f.state for f in self.followers]
+            # "devices": what /metrics reads (device_up, tag_read_errors) for every adapter
+            self.status.details["devices"] = [f.state for f in self.followers]
             tasks = [asyncio.create_task(self._keep(f)) for f in self.followers]
             try:
                 await asyncio.gather(*tasks)
@@ -94,6 +95,7 @@ class MtconnectAdapter(Adapter):
             except (AgentUnreachable, BadDocument) as exc:
                 failures += 1
                 delay = min(self.config.retry_max_backoff_ms / 1000, 0.5 * 2 ** (failures - 1))
+                follower.state["errors"] += 1
                 follower.state.update(
                     connected=False, last_error=f"{exc}; retrying in {delay:.1f} s"
                 )

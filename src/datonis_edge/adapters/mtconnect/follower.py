@@ -77,6 +77,7 @@ class Follower:
             "last_error": None,
             "last_good_read_ms": None,
             "requests": 0,
+            "errors": 0,  # reads that failed: no answer, or not a usable document
             "observations": 0,
             "gaps": 0,
             "lost_observations": 0,
