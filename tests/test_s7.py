@@ -303,7 +303,7 @@ def test_a_plc_that_stops_answering_affects_only_its_own_tags(
                 "retry_max_backoff_ms": 500,
                 "devices": [
                     {"name": "good", "port": good.port, "timeout_ms": 300},
-                    {"name": "flaky", "port": flaky.port, "timeout_ms": 3000},
+                    {"name": "flaky", "port": flaky.port, "timeout_ms": 5000},
                 ],
                 "tags": [
                     {"name": "a", "device": "good", "address": "DB1.DBW0", "type": "INT"},
@@ -330,9 +330,9 @@ def test_a_plc_that_stops_answering_affects_only_its_own_tags(
         assert devices["good"]["connected"] is True
         seen = len(platform.events())
         m1_before = sum(1 for e in platform.events() if e["thing_key"] == "m1")
-        # at its own pace: the silent PLC's 3 s timeouts do not hold up the good one's scans
+        # at its own pace: the silent PLC's 5 s timeouts do not hold up the good one's scans
         wait_until(
-            lambda: sum(1 for e in platform.events() if e["thing_key"] == "m1") >= m1_before + 10,
+            lambda: sum(1 for e in platform.events() if e["thing_key"] == "m1") >= m1_before + 15,
             timeout=4,
             what="the good PLC keeps its 100 ms scans",
         )
