@@ -6,11 +6,17 @@ id), so a message the gateway had not stored yet is redelivered after a crash or
 
 Payloads: an event `{"thing_key"?, "timestamp"?, "data": {...}}`, or a flat object of
 `tag: value` (with an optional "timestamp"); the time's and the values' keys and the time's
-unit are configurable (ThingsBoard: `{"ts": ms, "values": {...}}` or flat with `ts`). The thing_key comes from the payload, or from a
-topic level (`thing_key_topic_level`). Each is checked by `readings.check_reading`, as every
-way in is. A message that fails (or whose handling fails in any way) is acknowledged all the
+unit are configurable (ThingsBoard: `{"ts": ms, "values": {...}}` or flat with `ts`). The
+thing_key comes from the payload, or from a topic level (`thing_key_topic_level`). Each is
+checked by `readings.check_reading`, as every way in is (a batch of plainly valid messages at
+once). A message that fails (or whose handling fails in any way) is acknowledged all the
 same, so that the broker does not send it again and again: it is counted as `malformed`, logged
 (at most once a minute) and kept for inspection in `<datadir>/malformed/<service>.jsonl`.
+
+Overload is back-pressure: at most MAX_HELD messages are held unacknowledged; beyond that the
+listener reads nothing more (client.Inbox) and the broker keeps the rest, while the connection
+stays up. The backlog is in the status (`backlog_messages`, `backlog_age_s`, `behind`); falling
+behind is logged once, catching up once.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ BEHIND_AFTER_S = 5.0
 """The listener is behind when it had to stop reading, or its oldest message waited this long."""
 
 CAUGHT_UP_BELOW_S = 1.0
+CAUGHT_UP_CHECKS = 5  # quiet checks in a row before "caught up": no line per flap
 KEEPALIVE_S = 30
 LAG_EVERY_S = 1.0
 
@@ -126,6 +133,7 @@ class MqttListenerAdapter(Adapter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox = Inbox(MAX_HELD)
         self._behind_since: float | None = None
+        self._quiet = 0  # checks in a row without a sign of being behind
         self._stored_at_behind = 0
         self._once = OnceLogger(log)  # at most one line a minute for each kind of fault
         self._malformed = (
@@ -238,6 +246,7 @@ class MqttListenerAdapter(Adapter):
             details["backlog_messages"] = held
             details["backlog_age_s"] = round(age, 3)
             stored = self.status.counters.get("messages", 0)
+            self._quiet = 0 if waited or age >= CAUGHT_UP_BELOW_S else self._quiet + 1
             if self._behind_since is None and (waited or age >= BEHIND_AFTER_S):
                 self._behind_since, self._stored_at_behind = time.monotonic(), stored
                 details["behind"] = True
@@ -252,7 +261,7 @@ class MqttListenerAdapter(Adapter):
                     held,
                     age,
                 )
-            elif self._behind_since is not None and not waited and age < CAUGHT_UP_BELOW_S:
+            elif self._behind_since is not None and self._quiet >= CAUGHT_UP_CHECKS:
                 log.info(
                     "services '%s': caught up with the broker after %.0f s (%d messages stored "
                     "meanwhile)",
