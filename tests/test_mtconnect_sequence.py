@@ -17,7 +17,7 @@ import pytest
 from datonis_edge.adapters.base import ValueRefused, WriteFailed
 from datonis_edge.adapters.mtconnect.adapter import MtconnectAdapter
 from datonis_edge.adapters.mtconnect.config import MtconnectService
-from datonis_edge.adapters.mtconnect.documents import BadDocument, parse_streams
+from datonis_edge.adapters.mtconnect.documents import BadDocument, parse_streams, timestamp_ms
 from servers.mtconnect_fixture import MtconnectAgentProc
 
 
@@ -267,3 +267,17 @@ async def running_in(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize(
+    "text, ms",
+    [
+        ("2026-11-26T06:06:48.893375Z", 1795673208893),
+        ("2026-11-26T06:06:48Z", 1795673208000),
+        ("2026-11-26T06:06:48.8Z", 1795673208800),
+        ("2026-11-26T06:06:48.893+00:00", 1795673208893),
+        ("2026-11-26T08:06:48.893+02:00", 1795673208893),
+    ],
+)
+def test_timestamps_are_read_to_the_millisecond(text: str, ms: int) -> None:
+    assert timestamp_ms(text) == ms

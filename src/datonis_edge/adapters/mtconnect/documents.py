@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from lxml import etree
 
@@ -46,8 +46,7 @@ class Header:
     buffer_size: int = 0
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     data_item_id: str
     sequence: int
     timestamp_ms: int
@@ -117,8 +116,26 @@ def _header(root: etree._Element) -> Header:
         raise BadDocument("the Header's sequence numbers are not numbers") from None
 
 
+_MINUTES: dict[str, int] = {}  # "2026-11-26T06:07" -> its epoch ms (a small cache)
+
+
 def timestamp_ms(text: str) -> int:
-    """An MTConnect timestamp (ISO 8601, UTC, up to microseconds) as epoch milliseconds."""
+    """An MTConnect timestamp (ISO 8601, UTC, up to microseconds) as epoch milliseconds,
+    truncated. The common form (`2026-11-26T06:07:48.893375Z`) is read by its minute, which
+    is cached; anything else goes through datetime."""
+    if len(text) >= 20 and text[-1] == "Z" and text[16] == ":" and text[10] == "T":
+        minute = _MINUTES.get(text[:16])
+        if minute is None:
+            if len(_MINUTES) > 4096:
+                _MINUTES.clear()
+            minute = _MINUTES[text[:16]] = _slow_ms(text[:16] + ":00Z")
+        seconds, _, fraction = text[17:-1].partition(".")
+        if len(seconds) == 2 and seconds.isdigit() and (not fraction or fraction.isdigit()):
+            return minute + int(seconds) * 1000 + int((fraction + "00")[:3])
+    return _slow_ms(text)
+
+
+def _slow_ms(text: str) -> int:
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     stamp = dt.datetime.fromisoformat(text)
@@ -183,6 +200,7 @@ def parse_streams(body: bytes) -> Streams | AgentError:
     if streams is None:
         return out
     append = out.observations.append
+    stamps: dict[str, int] = {}  # the observations of one instant share their timestamp
     try:
         for device in streams:
             for component in device:
@@ -193,31 +211,45 @@ def parse_streams(body: bytes) -> Streams | AgentError:
                     for el in group:
                         if not isinstance(el.tag, str):
                             continue
-                        get = el.get
+                        attrib = el.attrib
+                        stamp = attrib.get("timestamp", "")
+                        ms = stamps.get(stamp)
+                        if ms is None:
+                            ms = stamps[stamp] = timestamp_ms(stamp)
+                        text = el.text
+                        code = message = None
                         if category == "SAMPLE":
-                            value: Any = sample_value(el.text)
+                            try:
+                                value: Any = float(text)  # type: ignore[arg-type]
+                            except (TypeError, ValueError):
+                                value = sample_value(text)
                         elif category == "EVENT":
-                            text = (el.text or "").strip()
-                            value = None if text == "UNAVAILABLE" else text
+                            value = (text or "").strip()
+                            if value == "UNAVAILABLE":
+                                value = None
                         else:
                             value = _local(el).lower()  # normal, warning, fault, unavailable
+                            code = attrib.get("nativeCode")
+                            message = (text or "").strip() or None
                         append(
                             Observation(
-                                data_item_id=get("dataItemId", ""),
-                                sequence=int(get("sequence", "0")),
-                                timestamp_ms=timestamp_ms(get("timestamp", "")),
-                                category=category,
-                                value=value,
-                                native_code=get("nativeCode") if category == "CONDITION" else None,
-                                message=(el.text or "").strip() or None
-                                if category == "CONDITION"
-                                else None,
+                                attrib.get("dataItemId", ""),
+                                int(attrib.get("sequence", "0")),
+                                ms,
+                                category,
+                                value,
+                                code,
+                                message,
                             )
                         )
     except ValueError as exc:
         raise BadDocument(f"an observation has a bad sequence or timestamp ({exc})") from None
-    out.observations.sort(key=lambda o: o.sequence)
+    out.observations.sort(key=_by_sequence)
     return out
+
+
+def _by_sequence(o: Observation) -> int:
+    return o.sequence
 
 
 def _error(root: etree._Element) -> AgentError:
