@@ -16,6 +16,7 @@ import ingest
 import instructions
 import lzf_bodies
 import modbus
+import mtconnect
 import overload
 import peer_thingsboard
 import reconnect
@@ -47,6 +48,7 @@ if __name__ == "__main__":
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
     s7.run(seconds=5 if quick else 15)
+    mtconnect.run(seconds=5 if quick else 15)  # 10 agents at 1 s, long poll
     ethernet_ip.run("fast", seconds=5 if quick else 15)
     ethernet_ip.run("cpppo", plcs=2 if quick else 5, seconds=10 if quick else 30)
     # beside ThingsBoard IoT Gateway: its quick form here; the full one (~20 min) with --peer-full
