@@ -26,6 +26,10 @@ system-deps:
 		echo "installing chromium from Debian (the headless browser of tests/test_console_browser.py)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	fi
+	@if ! command -v socat >/dev/null 2>&1; then \
+		echo "installing socat from Debian (the serial line, a pty pair, of tests/test_modbus_rtu.py)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat; \
+	fi
 
 run: $(STAMP)
 	$(BIN)/datonis-edge demo
