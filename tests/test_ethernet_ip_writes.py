@@ -60,7 +60,7 @@ def logix_config(port: int) -> dict[str, Any]:
     return {
         "type": "ethernet_ip",
         "name": "logix",
-        "devices": [{"name": "plc-1", "host": "127.0.0.1", "port": port, "timeout_ms": 500}],
+        "devices": [{"name": "plc-1", "host": "127.0.0.1", "port": port, "timeout_ms": 2000}],
         "tags": [{"name": n, "address": a} for n, a in tags.items()],
         "things": [
             {

@@ -15,7 +15,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ...logs import OnceLogger
 from ..base import Adapter, ReadingSink, Rejected, reading, ticks
@@ -26,8 +26,6 @@ from .writer import EnipWriter
 
 log = logging.getLogger(__name__)
 logging.getLogger("pylogix").setLevel(logging.CRITICAL)  # we report PLC errors ourselves
-
-T = TypeVar("T")
 
 
 class PlcDevice:
@@ -40,7 +38,8 @@ class PlcDevice:
         self.tags = {r.name: r for r in reads}
         self.max_backoff_s = max_backoff_s
         self.failures = 0
-        self.answering = asyncio.Event()  # a session is up (writes wait for it)
+        self.retry_in = 0.0  # after a failure: how long until the next try
+        self._closed = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"enip-{config.name}")
         route = config.route or ("none (Micro800)" if config.micro800 else f"1/{config.slot}")
         self.state: dict[str, Any] = {
@@ -77,13 +76,11 @@ class PlcDevice:
             self.failures += 1
             self.state["errors"] += 1
             delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
-            self.answering.clear()
             self.state.update(connected=False, last_error=f"{exc}; retrying in {delay:.1f} s")
             self.state["requests"] += self.session.requests - before
             self.retry_in = delay
             return {}
         self.failures, self.retry_in = 0, 0.0
-        self.answering.set()
         self.state.update(
             connected=True,
             connection_size=self.session.connection_size,
@@ -96,9 +93,6 @@ class PlcDevice:
         if values:
             self.state["last_good_read_ms"] = int(time.time() * 1000)
         return values
-
-    retry_in = 0.0
-    _closed = False
 
     def disconnect(self) -> None:
         if not self._closed:
