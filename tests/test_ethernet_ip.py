@@ -140,6 +140,16 @@ def test_packets_fill_the_connection_and_learned_sizes_shrink_the_plan() -> None
         assert 8 + sum(len(r.service) + 2 for r in packet) <= 4002 - 8
 
 
+def test_an_array_planned_alone_joins_a_packet_once_its_size_is_known() -> None:
+    arr = TagRead.of("arr", parse("Arr[0..49]"))  # 50 × 88 guessed bytes: too big
+    small = TagRead.of("small", parse("Small"))
+    assert plan([arr, small], 4002) == [[arr], [small]] and arr.alone
+    arr.reply_size, small.reply_size = 4 + 2 + 50 * 4, 4 + 2 + 4  # what the PLC answered
+    assert plan([arr, small], 4002) == [[arr, small]] and not arr.alone
+    arr.too_big = True  # the PLC answered "partial": fragments for good
+    assert plan([arr, small], 4002) == [[arr], [small]]
+
+
 def test_values_of_every_type_decode_and_encode_back() -> None:
     cases = [(0xC1, [True, False]), (0xC2, [-5, 7]), (0xC3, [-300]), (0xC4, [-123456789]),
              (0xC5, [-(2**40)]), (0xC6, [200]), (0xC7, [60000]), (0xC8, [4_000_000_000]),

@@ -3,9 +3,9 @@ the replies decoded, each tag's reply size learned for the next plan. Blocking: 
 the device's worker thread (adapter.py).
 
 The first scan does not know the tags' types, so it plans for 88 bytes a tag (a Logix
-STRING); from the second scan on the plan uses the sizes the PLC answered, and 500 DINTs
-go in two requests. A tag whose reply would not fit any packet is read alone by fragments
-(service 0x52). A tag the PLC refuses (no such tag, past the array's end) is an error of
+STRING); from the second scan on the plan uses the sizes the PLC answered: 500 DINTs with
+short names go in two requests. A tag whose reply would not fit a packet is read alone by
+fragments (service 0x52); once its size is known it joins a packet if it fits after all. A tag the PLC refuses (no such tag, past the array's end) is an error of
 that tag only; the others of its packet are delivered.
 """
 
@@ -35,7 +35,8 @@ class TagRead:
     service: bytes
     reply_size: int | None = None  # learned: the service's reply, 4-byte header included
     kind: TypeInfo | None = None
-    alone: bool = False  # too large for a packet: read by fragments
+    alone: bool = False  # too large for a packet (as planned): read by fragments
+    too_big: bool = False  # the PLC said so (a partial reply): by fragments from now on
 
     @classmethod
     def of(cls, name: str, address: TagAddress) -> TagRead:
@@ -65,8 +66,8 @@ def plan(reads: list[TagRead], connection_size: int) -> list[list[TagRead]]:
     request = reply = head
     for r in reads:
         size = r.reply_size or 4 + 4 + _GUESS * r.address.count
-        if r.alone or size + head + 2 > budget:
-            r.alone = True
+        r.alone = r.too_big or size + head + 2 > budget
+        if r.alone:
             packets.append([r])
             continue
         if current and (request + len(r.service) + 2 > budget or reply + size + 2 > budget):
@@ -90,7 +91,7 @@ class Reader:
 
     def _plan(self) -> list[list[TagRead]]:
         size = self.session.connection_size or 504
-        key = (size, self.single_only, *((r.reply_size, r.alone) for r in self.reads))
+        key = (size, self.single_only, *((r.reply_size, r.too_big) for r in self.reads))
         if key != self._planned_for:
             self._planned_for = key
             self.packets = [[r] for r in self.reads] if self.single_only else plan(self.reads, size)
@@ -114,7 +115,7 @@ class Reader:
     ) -> None:
         status, extended, data = codec.reply_status(reply)
         if status == 0x06:  # would not fit: by fragments, now and from now on
-            r.alone = True
+            r.alone = r.too_big = True
             self.read_one(r, values, errors)
             return
         try:
@@ -158,8 +159,10 @@ class Reader:
             offset += len(data) - cut
             if status == 0 or len(data) <= cut:
                 break
+        data = header + b"".join(chunks)
+        r.reply_size = 4 + len(data)  # whole: the next plan packs it if it fits after all
         try:
-            values[r.name] = r.value(*codec.decode_values(header + b"".join(chunks), count))
+            values[r.name] = r.value(*codec.decode_values(data, count))
         except (CipError, Unreadable) as exc:
             errors[r.name] = f"{r.address.text}: {exc}"
         except (ValueError, IndexError, struct.error) as exc:
