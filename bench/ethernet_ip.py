@@ -132,6 +132,6 @@ if __name__ == "__main__":
     run("fast", seconds=secs)  # the plant: 10,000 tags every second
     if not quick:
         run("fast", seconds=secs, scan_ms=200)  # five times a second: the ceiling
-    # real servers, as many as the plant: they answer a scan in seconds, so a longer look
+    # real servers: they answer a scan in seconds, so a longer look
     # (20 of them need ~10 cores for 10,000 tags/s; on 2 shared cores 5 is what runs)
     run("cpppo", plcs=2 if quick else 5, seconds=10.0 if quick else 30.0)
