@@ -112,6 +112,18 @@ def test_a_bit_of_an_integer_is_its_integer_read_and_pylogix_rmw_bytes() -> None
         assert ours == PLC()._add_mod_write_service(ioi, 0xC4, *signed)
 
 
+@pytest.mark.parametrize(
+    ("code", "values"),
+    [(0xC1, [True]), (0xC2, [-5]), (0xC3, [-300, 7]), (0xC4, [-123456789]), (0xC5, [-(2**40)]),
+     (0xC6, [200]), (0xC7, [60000]), (0xC8, [4_000_000_000]), (0xCA, [1.5]), (0xCB, [-0.1]),
+     (0xA0, ["Logix STRING"])],
+)  # fmt: skip
+def test_writes_are_the_bytes_pylogix_sends(code: int, values: list[Any]) -> None:
+    path = parse("Tag").path
+    kind = codec.TypeInfo(code, codec.LOGIX_STRING_HANDLE if code == 0xA0 else None)
+    assert codec.write_service(path, kind, values) == PLC()._add_write_service(path, values, code)
+
+
 def test_ranges_and_counts() -> None:
     assert (parse("Recipe[2..5]").count, parse("Recipe[2..5]").path) == (4, parse("Recipe[2]").path)
     assert parse("Recipe", 10).count == 10
