@@ -71,21 +71,25 @@ def run(
         tmp = Path(d)
         sim = Sim(tmp).start()
         config, procs = plant(tmp, agents, samples, change_ms, scan_ms, mode, sim.url)
-        edge = Edge(tmp, config).start()
-        time.sleep(3)
-        st0 = edge.status()
-        made0 = sum(p.stats()["next_sequence"] for p in procs)
-        cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
-        time.sleep(seconds)
-        cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
-        made = sum(p.stats()["next_sequence"] for p in procs) - made0
-        st = edge.status()
-        rss = peak_rss_mb(edge.pid)
-        svc = st["services"][0]
-        edge.stop()
-        for p in procs:
-            p.stop()
-        sim.stop()
+        try:
+            edge = Edge(tmp, config).start()
+            time.sleep(3)
+            st0 = edge.status()
+            made0 = sum(p.stats()["next_sequence"] for p in procs)
+            cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
+            time.sleep(seconds)
+            cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
+            made = sum(p.stats()["next_sequence"] for p in procs) - made0
+            st = edge.status()
+            rss = peak_rss_mb(edge.pid)
+            svc = st["services"][0]
+            stop_started = time.perf_counter()
+            edge.stop()
+            stop_s = time.perf_counter() - stop_started
+        finally:
+            for p in procs:
+                p.stop()
+            sim.stop()
     events = st["counters"]["delivered"] - st0["counters"]["delivered"]
     received = svc["counters"]["received"] - st0["services"][0]["counters"]["received"]
     observations = _observations(st) - _observations(st0)
@@ -106,6 +110,7 @@ def run(
         agents_down=sum(1 for a in svc["details"]["devices"] if not a["connected"]),
         gateway_cpu_cores=round(cpu / wall, 3),
         peak_rss_mb=round(rss, 1),
+        stop_s=round(stop_s, 2),
     )
 
 

@@ -67,6 +67,7 @@ class Follower:
         self.saved = positions.load(agent.name)  # where a previous run got to
         self.instance: str | None = None
         self.next: int | None = None
+        self.pending: InstanceChanged | OutOfRange | None = None  # being handled
         self.items: dict[str, DataItem] = {}
         self.state: dict[str, Any] = {
             "name": agent.name,
@@ -86,14 +87,14 @@ class Follower:
 
     async def follow(self) -> None:
         """Read the agent until cancelled; raises on any fault (the caller backs off and calls
-        again: the position is kept, so nothing is read twice)."""
-        pending: InstanceChanged | OutOfRange | None = None
+        again: the position, and a restart or overrun still being handled, are kept, so
+        nothing is read twice or skipped)."""
         while True:
             try:
-                if isinstance(pending, InstanceChanged):
+                if isinstance(self.pending, InstanceChanged):
                     await self.probe()
                     await self.resync(1)  # the new instance is read from its first sequence
-                elif isinstance(pending, OutOfRange):
+                elif isinstance(self.pending, OutOfRange):
                     await self.resync(self.next)
                 if self.instance is None:
                     await self.probe()
@@ -104,7 +105,7 @@ class Follower:
                     self.next = saved[1]  # go on where the previous run stopped
                 if self.next is None:
                     await self.resync(None)
-                pending = None
+                self.pending = None
                 if self.service.mode == "polling":
                     await self._poll()
                 else:
@@ -112,9 +113,9 @@ class Follower:
             except InstanceChanged as change:
                 self.state["agent_restarts"] += 1
                 self.on_event("restart", change)
-                pending = change
+                self.pending = change
             except OutOfRange as overrun:
-                pending = overrun
+                self.pending = overrun
 
     async def probe(self) -> None:
         header, items = parse_devices(await self._get("probe"))
