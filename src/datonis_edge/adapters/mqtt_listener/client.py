@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -122,7 +123,9 @@ class ListenerClient(mqtt.Client):
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
-        return ReadAhead(sock) if isinstance(sock, socket.socket) else sock
+        # TLS keeps its own buffer (paho asks it for pending()): left as it is
+        plain = isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+        return ReadAhead(sock) if plain else sock
 
     def _packet_read(self) -> mqtt.MQTTErrorCode:
         sock = self._sock
