@@ -346,3 +346,35 @@ def test_slot_and_route_become_the_forward_open_path() -> None:
         b"\x01\x04" + b"\x12\x0810.0.3.5" + b"\x01\x00" + router
     )  # slot 4, out of port 2 to 10.0.3.5 (an extended link address), then slot 0
     assert path(micro800=True) == router
+
+
+async def test_a_refused_tag_is_logged_once_and_its_recovery_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from datonis_edge.adapters.ethernet_ip.adapter import EthernetIpAdapter
+    from datonis_edge.adapters.ethernet_ip.config import EthernetIpService
+
+    config = EthernetIpService.model_validate(
+        {"type": "ethernet_ip", "name": "logix", "devices": [{"name": "plc-1", "host": "10.0.3.40"}],
+         "tags": [{"name": "a", "address": "A"}, {"name": "b", "address": "B"}]}
+    )  # fmt: skip
+
+    async def sink(readings: Any, raw: Any = None, checked: bool = False) -> int:
+        return len(readings)
+
+    adapter = EthernetIpAdapter(config, sink)
+    device = adapter.devices[0]
+    caplog.set_level("INFO", logger="datonis_edge.adapters.ethernet_ip.adapter")
+    device.state.update(connected=True, tag_errors={"a": "A: no such tag in the PLC"})
+    for _ in range(5):
+        adapter._report(device)
+    device.state.update(connected=False)  # the PLC goes away: its tags' errors are stale
+    adapter._report(device)
+    device.state.update(connected=True, tag_errors={})
+    for _ in range(3):
+        adapter._report(device)
+    await adapter.close_writes()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("tag a on PLC plc-1" in line and "cannot be read" in line for line in lines) == 1
+    assert sum("tag a on PLC plc-1" in line and "reads again" in line for line in lines) == 1
+    assert not any("tag b" in line for line in lines)

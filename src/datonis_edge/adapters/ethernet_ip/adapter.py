@@ -39,6 +39,7 @@ class PlcDevice:
         self.max_backoff_s = max_backoff_s
         self.failures = 0
         self.retry_in = 0.0  # after a failure: how long until the next try
+        self.failing_tags: set[str] = set()  # tags the PLC refused at the last read
         self._closed = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"enip-{config.name}")
         route = config.route or ("none (Micro800)" if config.micro800 else f"1/{config.slot}")
@@ -159,7 +160,7 @@ class EthernetIpAdapter(Adapter):
 
     def _report(self, device: PlcDevice) -> None:
         """One line when a PLC stops answering, one when it answers again (each on its own);
-        one line per tag the PLC refuses. The service is degraded while any PLC is down."""
+        the same for each tag the PLC refuses. The service is degraded while any PLC is down."""
         name, state = self.config.name, device.state
         key = f"device:{device.config.name}"
         if state["connected"]:
@@ -169,12 +170,20 @@ class EthernetIpAdapter(Adapter):
                 key, "services '%s': %s does not answer: %s; %s", name, device.where,
                 state["last_error"], self.hint,
             )  # fmt: skip
-        for tag, why in state["tag_errors"].items():
-            self._once.log(
-                f"tag:{device.config.name}:{tag}",
-                "services '%s': tag %s on %s cannot be read: %s; check the tag's address in the PLC program",
-                name, tag, device.where, why,
-            )  # fmt: skip
+        if state["connected"]:  # (while it is down, its tags' last errors are stale)
+            errors = state["tag_errors"]
+            for tag, why in errors.items():
+                self._once.log(
+                    f"tag:{device.config.name}:{tag}",
+                    "services '%s': tag %s on %s cannot be read: %s; check the tag's address in the PLC program",
+                    name, tag, device.where, why,
+                )  # fmt: skip
+            for tag in device.failing_tags - errors.keys():
+                self._once.resolve(
+                    f"tag:{device.config.name}:{tag}",
+                    "services '%s': tag %s on %s reads again", name, tag, device.where,
+                )  # fmt: skip
+            device.failing_tags = set(errors)
         down = [d.config.name for d in self.devices if not d.state["connected"] and d.failures]
         if down:
             self.status.error(f"PLCs not answering: {', '.join(down)}", "degraded", announce=False)
