@@ -236,6 +236,22 @@ def test_three_hundred_tags_are_one_request_per_scan_counted_at_the_plc(
     assert gw.status()["services"][0]["details"]["devices"][0]["errors"] == 0  # no reconnects
 
 
+def test_a_small_forward_open_packs_to_its_504_bytes(platform, gateway_factory, plcs) -> None:
+    plc = plcs([f"T{i:03d}=DINT" for i in range(100)])
+    plc.seed("T099=(DINT)99")
+    config = base_config(platform)
+    tags = [{"name": f"t{i}", "address": f"T{i:03d}"} for i in range(100)]
+    small = {"name": "plc-1", "host": "127.0.0.1", "port": plc.port, "connection_size": 504,
+             "timeout_ms": 20_000}  # fmt: skip
+    config["services"] = [service([small], tags)]
+    gw = gateway_factory(config).start()
+    events = wait_until(lambda: (e := platform.events()) and len(e) >= 2 and e, 90, "2 scans")
+    assert events[-1]["data"]["t99"] == 99 and len(events[-1]["data"]) == 100
+    device = gw.status()["services"][0]["details"]["devices"][0]
+    # 12 bytes of request and of reply a tag: 40 in 496 bytes, so 100 tags are 3 requests
+    assert (device["connection_size"], device["requests_per_scan"]) == (504, 3)
+
+
 def test_an_array_larger_than_the_connection_is_read_by_fragments(
     platform, gateway_factory, plcs
 ) -> None:
