@@ -17,7 +17,12 @@ import pytest
 from datonis_edge.adapters.base import ValueRefused, WriteFailed
 from datonis_edge.adapters.mtconnect.adapter import MtconnectAdapter
 from datonis_edge.adapters.mtconnect.config import MtconnectService
-from datonis_edge.adapters.mtconnect.documents import BadDocument, parse_streams, timestamp_ms
+from datonis_edge.adapters.mtconnect.documents import (
+    BadDocument,
+    parse_streams,
+    sample_value,
+    timestamp_ms,
+)
 from servers.mtconnect_fixture import MtconnectAgentProc
 
 
@@ -281,3 +286,16 @@ async def running_in(
 )
 def test_timestamps_are_read_to_the_millisecond(text: str, ms: int) -> None:
     assert timestamp_ms(text) == ms
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("12.5", 12.5), ("-3", -3.0), ("1.0 2.5 -3", [1.0, 2.5, -3.0]), ("UNAVAILABLE", None), ("", None)],
+)  # fmt: skip
+def test_sample_values_are_numbers_lists_or_null(text: str, value: Any) -> None:
+    assert sample_value(text) == value
+
+
+def test_a_sample_that_is_not_a_number_is_refused_by_name() -> None:
+    with pytest.raises(BadDocument, match="'fast' is not a number"):
+        sample_value("fast")
