@@ -290,12 +290,9 @@ def test_timestamps_are_read_to_the_millisecond(text: str, ms: int) -> None:
 
 @pytest.mark.parametrize(
     "text, value",
-    [("12.5", 12.5), ("-3", -3.0), ("1.0 2.5 -3", [1.0, 2.5, -3.0]), ("UNAVAILABLE", None), ("", None)],
+    [("12.5", 12.5), ("-3", -3.0), ("1.0 2.5 -3", [1.0, 2.5, -3.0]), ("UNAVAILABLE", None),
+     ("", None), ("NaN", None), ("1 INF", None), ("fast", "fast")],
 )  # fmt: skip
 def test_sample_values_are_numbers_lists_or_null(text: str, value: Any) -> None:
+    """NaN and INF (JSON has neither) are null; a word is passed on rather than stalling."""
     assert sample_value(text) == value
-
-
-def test_a_sample_that_is_not_a_number_is_refused_by_name() -> None:
-    with pytest.raises(BadDocument, match="'fast' is not a number"):
-        sample_value("fast")

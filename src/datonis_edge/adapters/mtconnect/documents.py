@@ -10,6 +10,7 @@ namespace (`urn:mtconnect.org:MTConnectStreams:1.3`, `...:2.0`), not in what we 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -17,6 +18,8 @@ from typing import Any, NamedTuple
 from lxml import etree
 
 _NAMESPACE = re.compile(r"^urn:mtconnect\.org:MTConnect(Devices|Streams|Error):(\d+)\.(\d+)$")
+_INF = math.inf
+_MAX_TEXT = 65_536  # the longest string a reading may hold (readings.MAX_STRING_LENGTH)
 _CATEGORIES = {"Samples": "SAMPLE", "Events": "EVENT", "Condition": "CONDITION"}
 _PARSER = etree.XMLParser(
     resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_pis=True
@@ -144,19 +147,20 @@ def _slow_ms(text: str) -> int:
     return int(stamp.timestamp() * 1000)
 
 
-def sample_value(text: str | None) -> float | list[float] | None:
-    """A SAMPLE's value: a number, several (a 3D position, a time series) or None when the
-    agent says UNAVAILABLE."""
+def sample_value(text: str | None) -> float | list[float] | str | None:
+    """A SAMPLE's value: a number, several (a 3D position, a time series), or None when the
+    agent says UNAVAILABLE (or NaN/INF, which JSON cannot carry). A sample that is not a
+    number (a misconfigured adapter) is passed on as its text rather than stalling the agent."""
     text = (text or "").strip()
     if not text or text == "UNAVAILABLE":
         return None
-    parts = text.split()
     try:
-        if len(parts) == 1:
-            return float(parts[0])
-        return [float(p) for p in parts]
+        numbers = [float(p) for p in text.split()]
     except ValueError:
-        raise BadDocument(f"the sample value '{text[:40]}' is not a number") from None
+        return text[:1024]
+    if not all(math.isfinite(n) for n in numbers):
+        return None
+    return numbers[0] if len(numbers) == 1 else numbers
 
 
 def parse_devices(body: bytes) -> tuple[Header, list[DataItem]]:
@@ -221,16 +225,18 @@ def parse_streams(body: bytes) -> Streams | AgentError:
                         if category == "SAMPLE":
                             try:
                                 value: Any = float(text)  # type: ignore[arg-type]
+                                if not -_INF < value < _INF:
+                                    value = None
                             except (TypeError, ValueError):
                                 value = sample_value(text)
                         elif category == "EVENT":
-                            value = (text or "").strip()
+                            value = (text or "").strip()[:_MAX_TEXT]
                             if value == "UNAVAILABLE":
                                 value = None
                         else:
                             value = _local(el).lower()  # normal, warning, fault, unavailable
                             code = attrib.get("nativeCode")
-                            message = (text or "").strip() or None
+                            message = (text or "").strip()[:_MAX_TEXT] or None
                         append(
                             Observation(
                                 attrib.get("dataItemId", ""),
