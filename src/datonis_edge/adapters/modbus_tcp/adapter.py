@@ -41,6 +41,28 @@ class DeviceUnreachable(Exception):
     pass
 
 
+async def read_groups(
+    client: Any, groups: list[ReadGroup], state: dict[str, Any], values: dict[str, Any]
+) -> list[str]:
+    """Send each group's request in turn, adding what it read to `values` (kept if a later
+    request fails); the errors of groups the device refused (an exception code affects only
+    that group's tags). Shared by modbus_rtu."""
+    errors: list[str] = []
+    for group in groups:
+        reader = getattr(client, _READERS[group.register])
+        state["requests"] += 1
+        result = await reader(group.start, count=group.count, device_id=group.unit_id)
+        if result.isError():
+            errors.append(
+                f"{group.register} {group.start}+{group.count} on unit {group.unit_id}: "
+                f"exception code {getattr(result, 'exception_code', '?')}"
+            )
+            continue
+        data = result.bits if group.register in ("coil", "discrete") else result.registers
+        values.update(group.values(data))
+    return errors
+
+
 class _Device:
     def __init__(self, config: ModbusDevice, groups: list[ReadGroup], max_backoff_s: float) -> None:
         self.config = config
@@ -81,22 +103,9 @@ class _Device:
         if time.monotonic() < self.retry_at:
             return {}, []
         values: dict[str, Any] = {}
-        errors: list[str] = []
         try:
             client = await self._connect()
-            for group in self.groups:
-                reader = getattr(client, _READERS[group.register])
-                self.state["requests"] += 1
-                result = await reader(group.start, count=group.count, device_id=group.unit_id)
-                if result.isError():
-                    # an exception code (illegal address, ...): only this group's tags are affected
-                    errors.append(
-                        f"{group.register} {group.start}+{group.count} on unit {group.unit_id}: "
-                        f"exception code {getattr(result, 'exception_code', '?')}"
-                    )
-                    continue
-                data = result.bits if group.register in ("coil", "discrete") else result.registers
-                values.update(group.values(data))
+            errors = await read_groups(client, self.groups, self.state, values)
         except (ModbusException, DeviceUnreachable, OSError, TimeoutError) as exc:
             self._failed(str(exc) or exc.__class__.__name__)
             return values, []
@@ -133,17 +142,23 @@ class ModbusTcpAdapter(Adapter):
         super().__init__(config, sink, workdir)
         self.config: ModbusTcpService = config
         groups = plan_reads(config.tags, config.max_gap)  # TagSpec records (config.py)
-        self.devices = [
-            _Device(
-                d, [g for g in groups if g.device == d.name], config.retry_max_backoff_ms / 1000
-            )
-            for d in config.devices
-        ]
+        self.devices = self._devices(groups)
         # thing_key -> the tags its metrics use
         self._things = [(t.thing_key, t.tags_used()) for t in config.things]
         self.status.details["devices"] = [d.state for d in self.devices]
         self.status.details["requests_per_scan"] = len(groups)
         self._once = OnceLogger(log)
+
+    def _devices(self, groups: list[ReadGroup]) -> list[Any]:
+        """One reader per device, each with its groups (modbus_rtu makes units of a line)."""
+        backoff_s = self.config.retry_max_backoff_ms / 1000
+        return [
+            _Device(d, [g for g in groups if g.device == d.name], backoff_s)
+            for d in self.config.devices
+        ]
+
+    def _new_writer(self) -> ModbusWriter:
+        return ModbusWriter(self.config)
 
     async def scan(self) -> list[dict[str, Any]]:
         results = await asyncio.gather(*(d.read() for d in self.devices))
@@ -204,7 +219,7 @@ class ModbusTcpAdapter(Adapter):
 
     async def check_write(self, tag: str, value: Any, wait_s: float = 0.0) -> Any:
         if not hasattr(self, "_writer"):
-            self._writer = ModbusWriter(self.config)
+            self._writer = self._new_writer()
         fitted = self._writer.fit(tag, value)
         await self._writer.connect(tag, wait_s)
         return fitted

@@ -3,7 +3,8 @@ aliases) and the read planning knobs."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
@@ -110,17 +111,28 @@ class ModbusTcpService(ServiceBase):
 
     @model_validator(mode="after")
     def _references(self) -> ModbusTcpService:
-        devices = {d.name: d for d in self.devices}
-        if len(devices) != len(self.devices):
-            raise ValueError("devices: two devices have the same name; names must be unique")
-        check_tag_references(self.tags, self.things)
-        for i, tag in enumerate(self.tags):
-            if not tag.device:
-                tag.device = self.devices[0].name
-            elif tag.device not in devices:
-                raise ValueError(
-                    f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(devices)})"
-                )
-            if tag.unit_id is None:
-                tag.unit_id = devices[tag.device].unit_id
+        settle_tags(self.devices, self.tags, self.things)
         return self
+
+
+class _HasUnit(Protocol):
+    name: str
+    unit_id: int
+
+
+def settle_tags(devices: Sequence[_HasUnit], tags: list[TagSpec], things: list[Any]) -> None:
+    """Check the tags' devices and things, and give each tag its device and unit_id (the
+    service's first device, the device's unit_id, when it names none). Shared by modbus_rtu."""
+    by_name = {d.name: d for d in devices}
+    if len(by_name) != len(devices):
+        raise ValueError("devices: two devices have the same name; names must be unique")
+    check_tag_references(tags, things)
+    for i, tag in enumerate(tags):
+        if not tag.device:
+            tag.device = devices[0].name
+        elif tag.device not in by_name:
+            raise ValueError(
+                f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(by_name)})"
+            )
+        if tag.unit_id is None:
+            tag.unit_id = by_name[tag.device].unit_id
