@@ -120,6 +120,7 @@ REGISTRY: dict[str, Plugin] = {
         _adapter("http_listener", "HttpListenerService", "HttpListenerAdapter"),
         _adapter("mqtt_listener", "MqttListenerService", "MqttListenerAdapter"),
         _adapter("modbus_tcp", "ModbusTcpService", "ModbusTcpAdapter"),
+        _adapter("modbus_rtu", "ModbusRtuService", "ModbusRtuAdapter"),
         _adapter("opcua", "OpcUaService", "OpcUaAdapter"),
         _adapter("mtconnect", "MtconnectService", "MtconnectAdapter"),
         _adapter("s7", "S7Service", "S7Adapter"),
