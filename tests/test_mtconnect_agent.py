@@ -90,3 +90,15 @@ def test_the_schemas_are_strict_enough_to_catch_a_wrong_document(agent, schemas)
     assert not schemas["Streams"].validate(etree.fromstring(body))
     body = agent.get("/probe").content.replace(b'category="SAMPLE"', b'category="READING"')
     assert not schemas["Devices"].validate(etree.fromstring(body))
+
+
+def test_every_document_served_in_the_tests_is_checked(tmp_path: Path) -> None:
+    """The fixture validates what it serves (MtconnectAgentProc's default) and its stop()
+    fails a test that made it serve an invalid document: so every test of the adapter runs
+    against schema-valid MTConnect, not just this file's samples."""
+    agent = MtconnectAgentProc(tmp_path).start()
+    agent.set({"d0_exec": "SPINNING"})  # not an Execution value of the standard
+    agent.get("/current")
+    assert agent.stats()["invalid"] == 1
+    with pytest.raises(AssertionError, match="served 1 invalid documents"):
+        agent.stop()

@@ -3,7 +3,7 @@ every document it serves validates against the official schemas in tests/schemas
 (tests/test_mtconnect_agent.py checks that).
 
     python mtconnect_agent.py --port N [--devices 1] [--samples 3] [--buffer 1024]
-                              [--namespace 2.0|1.3] [--auto-ms 0]
+                              [--namespace 2.0|1.3] [--auto-ms 0] [--validate]
 
 One or more devices, each with events (AVAILABILITY, EXECUTION, CONTROLLER_MODE, PROGRAM,
 PART_COUNT), two CONDITIONs (SYSTEM, TEMPERATURE) and `--samples` SAMPLEs (POSITION, mm).
@@ -16,6 +16,9 @@ every sample (and the part count) that often. Test controls under /_control/:
   POST restart a new instanceId, an empty buffer, sequences from 1 (the agent restarted)
   POST mute    {"on": true} stops answering (requests hang) until {"on": false}
   GET  stats   requests by kind, firstSequence, nextSequence, instanceId
+With `--validate` every document is checked against the official schemas before it is
+served (2.0 only: no 1.x schemas are shipped); one that fails is printed and counted in
+`stats["invalid"]`, which the test fixture asserts to be 0 when it stops the agent.
 Prints "listening" once it is.
 """
 
@@ -30,6 +33,7 @@ import math
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -82,6 +86,7 @@ class Agent:
         self.muted = asyncio.Event()
         self.muted.set()  # set: answering
         self.changed = asyncio.Condition()
+        self.validate: Validator | None = None
         self.restart()
 
     def _add(self, item: Item) -> None:
@@ -208,6 +213,30 @@ class Agent:
 
 
 XML = "text/xml"
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas" / "mtconnect"
+
+
+class Validator:
+    def __init__(self, agent: Agent) -> None:
+        from lxml import etree
+
+        self.etree = etree
+        self.agent = agent
+        self.schemas = {
+            kind: etree.XMLSchema(etree.parse(str(SCHEMAS / f"MTConnect{kind}_2.0_1.0.xsd")))
+            for kind in ("Devices", "Streams", "Error")
+        }
+
+    def __call__(self, kind: str, text: str) -> str:
+        schema = self.schemas[kind]
+        if not schema.validate(self.etree.fromstring(text.encode())):
+            self.agent.stats["invalid"] = self.agent.stats.get("invalid", 0) + 1
+            print(f"INVALID {kind} document: {schema.error_log.last_error}", flush=True)
+        return text
+
+
+def _served(agent: Agent, kind: str, text: str) -> str:
+    return agent.validate(kind, text) if agent.validate else text
 
 
 def _device(request: web.Request) -> str | None:
@@ -222,12 +251,16 @@ def routes(agent: Agent) -> web.Application:
     async def probe(request: web.Request) -> web.StreamResponse:
         await _answering(agent)
         agent.stats["probe"] += 1
-        return web.Response(text=agent.probe(_device(request)), content_type=XML)
+        return web.Response(
+            text=_served(agent, "Devices", agent.probe(_device(request))), content_type=XML
+        )
 
     async def current(request: web.Request) -> web.StreamResponse:
         await _answering(agent)
         agent.stats["current"] += 1
-        return web.Response(text=agent.current(_device(request)), content_type=XML)
+        return web.Response(
+            text=_served(agent, "Streams", agent.current(_device(request))), content_type=XML
+        )
 
     async def sample(request: web.Request) -> web.StreamResponse:
         await _answering(agent)
@@ -237,12 +270,15 @@ def routes(agent: Agent) -> web.Application:
             start = int(q.get("from", agent.first_seq))
             count = int(q.get("count", 100))
         except ValueError:
-            return web.Response(status=400, text=agent.error("INVALID_REQUEST", "from and count are numbers"), content_type=XML)  # fmt: skip
+            text = _served(
+                agent, "Error", agent.error("INVALID_REQUEST", "from and count are numbers")
+            )
+            return web.Response(status=400, text=text, content_type=XML)
         if "interval" not in q:
             doc = agent.sample(start, count, _device(request))
             if doc is None:
                 return _out_of_range(agent, start)
-            return web.Response(text=doc[0], content_type=XML)
+            return web.Response(text=_served(agent, "Streams", doc[0]), content_type=XML)
         return await _stream(agent, request, start, count, int(q["interval"]), int(q.get("heartbeat", 10_000)))  # fmt: skip
 
     async def control_set(request: web.Request) -> web.StreamResponse:
@@ -289,7 +325,8 @@ def routes(agent: Agent) -> web.Application:
 
 def _out_of_range(agent: Agent, start: int) -> web.Response:
     text = f"'from' must be in {agent.first_seq}..{agent.next_seq}, not {start}"
-    return web.Response(status=400, text=agent.error("OUT_OF_RANGE", text), content_type=XML)
+    body = _served(agent, "Error", agent.error("OUT_OF_RANGE", text))
+    return web.Response(status=400, text=body, content_type=XML)
 
 
 async def _stream(
@@ -315,7 +352,7 @@ async def _stream(
         body, next_seq = doc
         now = time.monotonic()
         if next_seq > position or now - last_sent >= heartbeat_ms / 1000:
-            data = body.encode()
+            data = _served(agent, "Streams", body).encode()
             head = f"--{boundary}\r\nContent-type: text/xml\r\nContent-length: {len(data)}\r\n\r\n"
             await resp.write(head.encode() + data + b"\r\n")
             agent.stats["stream_parts"] += 1
@@ -354,8 +391,11 @@ async def main() -> None:
     ap.add_argument("--buffer", type=int, default=1024)
     ap.add_argument("--namespace", default="2.0")
     ap.add_argument("--auto-ms", type=int, default=0)
+    ap.add_argument("--validate", action="store_true")
     args = ap.parse_args()
     agent = Agent(args.devices, args.samples, args.buffer, args.namespace)
+    if args.validate and args.namespace == "2.0":
+        agent.validate = Validator(agent)
     runner = web.AppRunner(routes(agent), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()

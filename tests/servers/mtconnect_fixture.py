@@ -3,6 +3,7 @@ test controls (set values, restart, mute, stats) as plain calls."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,18 @@ SCRIPT = Path(__file__).parent / "mtconnect_agent.py"
 
 
 class MtconnectAgentProc:
-    def __init__(self, tmp: Path, *extra: str, port: int | None = None) -> None:
+    """`validate` (the tests' default): every document served is checked against the official
+    schemas, and stop() fails the test if any was not valid."""
+
+    def __init__(
+        self, tmp: Path, *extra: str, port: int | None = None, validate: bool = True
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.validate = validate
         self.args = [sys.executable, str(SCRIPT), "--port", str(self.port), *extra]
+        if validate:
+            self.args.append("--validate")
         self.log = tmp / f"mtconnect-{self.port}.log"
         self.proc: Proc | None = None
         self.http = httpx.Client(base_url=self.url, timeout=10)
@@ -29,8 +38,13 @@ class MtconnectAgentProc:
         return self
 
     def stop(self) -> None:
+        invalid = 0
+        if self.proc and self.proc.p and self.proc.p.poll() is None and self.validate:
+            with contextlib.suppress(httpx.HTTPError):  # gone: nothing to ask
+                invalid = self.stats().get("invalid", 0)
         if self.proc:
             self.proc.stop()
+        assert not invalid, f"the fixture agent served {invalid} invalid documents: see {self.log}"
 
     def kill(self) -> None:
         if self.proc:
