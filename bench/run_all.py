@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bacnet
 import commit_window
 import datonis_mqtt
 import delivery
@@ -48,6 +49,8 @@ if __name__ == "__main__":
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
     s7.run(seconds=5 if quick else 15)
+    bacnet.run(seconds=5 if quick else 15)
+    bacnet.run(seconds=5 if quick else 15, cov=True)
     mtconnect.run(seconds=5 if quick else 15)  # 10 agents at 1 s, long poll
     ethernet_ip.run("fast", seconds=5 if quick else 15)
     ethernet_ip.run("cpppo", plcs=2 if quick else 5, seconds=10 if quick else 30)
