@@ -17,6 +17,7 @@ import ingest
 import instructions
 import lzf_bodies
 import modbus
+import modbus_rtu
 import mtconnect
 import overload
 import peer_thingsboard
@@ -48,6 +49,7 @@ if __name__ == "__main__":
         reconnect.run(120)
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
+    modbus_rtu.run_all(quick)  # 8 units x 50 registers at 9600 and 115200 baud over a pty
     s7.run(seconds=5 if quick else 15)
     bacnet.run(seconds=5 if quick else 15)
     bacnet.run(seconds=5 if quick else 15, cov=True)
