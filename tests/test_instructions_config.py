@@ -100,7 +100,8 @@ def test_a_service_that_cannot_write_refuses_instructions() -> None:
     }
     assert error_of(config) == (
         "services[0].things[0].instructions: a http_listener service cannot write to "
-        "machines; put the thing's instructions under a modbus_tcp or opcua service"
+        "machines; put the thing's instructions under a service whose protocol writes "
+        "(its README says so: modbus_tcp, opcua, s7, ...)"
     )
 
 

@@ -153,5 +153,6 @@ def check_no_instructions(service_type: str, things: list[Any]) -> None:
         if getattr(thing, "instructions", None):
             raise ValueError(
                 f"things[{ti}].instructions: a {service_type} service cannot write to "
-                "machines; put the thing's instructions under a modbus_tcp or opcua service"
+                "machines; put the thing's instructions under a service whose protocol writes "
+                "(its README says so: modbus_tcp, opcua, s7, ...)"
             )
