@@ -12,23 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests talk to for real: mosquitto (MQTT broker), tinyproxy (HTTP proxy), wrk (load generator for bench).
+# Debian packages the tests talk to for real, each checked by the command it provides:
+# mosquitto (MQTT broker), tinyproxy (HTTP proxy of test_http_extras), chromium (the headless
+# browser of the console tests), socat (the serial line, a pty pair, of test_modbus_rtu).
+# What is missing is installed at once, after one `apt-get update`.
+DEBIAN_DEPS := mosquitto:/usr/sbin/mosquitto tinyproxy:/usr/bin/tinyproxy chromium:/usr/bin/chromium socat:/usr/bin/socat
 system-deps:
-	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto; then \
-		echo "installing mosquitto from Debian"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; \
-	fi
-	@if ! command -v tinyproxy >/dev/null 2>&1 && ! test -x /usr/bin/tinyproxy; then \
-		echo "installing tinyproxy from Debian (the HTTP proxy of tests/test_http_extras.py)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tinyproxy; \
-	fi
-	@if ! command -v chromium >/dev/null 2>&1; then \
-		echo "installing chromium from Debian (the headless browser of tests/test_console_browser.py)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
-	fi
-	@if ! command -v socat >/dev/null 2>&1; then \
-		echo "installing socat from Debian (the serial line, a pty pair, of tests/test_modbus_rtu.py)"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat; \
+	@missing=""; for dep in $(DEBIAN_DEPS); do \
+		pkg=$${dep%%:*}; bin=$${dep#*:}; \
+		command -v $$pkg >/dev/null 2>&1 || test -x $$bin || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing from Debian:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
 run: $(STAMP)
@@ -39,7 +35,8 @@ test: $(STAMP) system-deps
 	$(BIN)/pytest
 
 bench: $(STAMP) system-deps
-	@command -v wrk >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
+	@missing=""; for pkg in wrk strace; do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 	$(BIN)/python bench/run_all.py
 
 lint: $(STAMP)
