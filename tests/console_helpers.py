@@ -1,18 +1,25 @@
 """What the console tests share: a cookie-keeping HTTP client that fills in the CSRF token the
-pages carry, users made with the real CLI, and a self-signed certificate for HTTPS."""
+pages carry, users made with the real CLI, a self-signed certificate for HTTPS, and the real
+headless Chromium (Debian's `chromium` driven by Playwright with `executable_path`) with its
+fixtures `chromium` and `page`. With CONSOLE_SCREENSHOTS=DIR set, pages are saved there as PNG
+(docs/console/)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import re
+import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from helpers import EDGE, Gateway
+from helpers import EDGE, Gateway, PlatformSim, base_config
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -116,3 +123,61 @@ def self_signed_cert(tmp: Path) -> tuple[Path, Path]:
     )
     key_path.chmod(0o600)
     return cert_path, key_path
+
+
+# ---------------------------------------------------------------------- the browser
+
+
+Factory = Callable[..., Gateway]
+STRONG = "correct horse battery"
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("chromium is not installed; `make test` installs it from Debian (apt-get)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium):  # type: ignore[no-untyped-def]
+    context = chromium.new_context(viewport={"width": 1100, "height": 700})
+    yield context.new_page()
+    context.close()
+
+
+def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    folder = os.environ.get("CONSOLE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def url(gw: Gateway, path: str = "/") -> str:
+    return f"http://127.0.0.1:{gw.http_port}{path}"
+
+
+def log_in(page, gw: Gateway, user: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(url(gw, "/login"))
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.click("main button[type=submit]")
+
+
+def logged_in(factory: Factory, platform: PlatformSim, page, role: str) -> Gateway:  # type: ignore[no-untyped-def]
+    """A running gateway, and `page` logged in to it as a new user of `role` (named so)."""
+    gw = factory(base_config(platform)).start()
+    add_user(gw.datadir, f"{role}1", STRONG, role)
+    log_in(page, gw, f"{role}1", STRONG)
+    page.wait_for_url(url(gw, "/"))
+    return gw

@@ -4,69 +4,20 @@ process. With CONSOLE_SCREENSHOTS=DIR set, the pages are saved there as PNG (doc
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from console_helpers import (
+    STRONG,
+    Factory,
+    add_user,
+    audit,
+    first_start,
+    log_in,
+    logged_in,
+    shot,
+    url,
+)
+from helpers import PlatformSim, base_config, simulator_service
 
-import pytest
-
-from console_helpers import add_user, audit, first_start
-from helpers import Gateway, PlatformSim, base_config, simulator_service
-
-Factory = Callable[..., Gateway]
-STRONG = "correct horse battery"
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium is not installed; `make test` installs it from Debian (apt-get)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(chromium):  # type: ignore[no-untyped-def]
-    context = chromium.new_context(viewport={"width": 1100, "height": 700})
-    yield context.new_page()
-    context.close()
-
-
-def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    folder = os.environ.get("CONSOLE_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
-
-
-def url(gw: Gateway, path: str = "/") -> str:
-    return f"http://127.0.0.1:{gw.http_port}{path}"
-
-
-def log_in(page, gw: Gateway, user: str, password: str) -> None:  # type: ignore[no-untyped-def]
-    page.goto(url(gw, "/login"))
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", password)
-    page.click("main button[type=submit]")
-
-
-def logged_in(factory: Factory, platform: PlatformSim, page, role: str) -> Gateway:  # type: ignore[no-untyped-def]
-    """A running gateway, and `page` logged in to it as a new user of `role` (named so)."""
-    gw = factory(base_config(platform)).start()
-    add_user(gw.datadir, f"{role}1", STRONG, role)
-    log_in(page, gw, f"{role}1", STRONG)
-    page.wait_for_url(url(gw, "/"))
-    return gw
+pytest_plugins = ["console_helpers"]  # the chromium and page fixtures
 
 
 def test_first_login_with_the_generated_password_forces_a_change(

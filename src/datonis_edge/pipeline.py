@@ -53,6 +53,8 @@ class ServiceSink:
         self.outbox = outbox
         self.things = things
         self.status = PartStatus(name="", type="")  # the adapter's, set once it exists
+        # thing_key -> metric -> (value, time ms) of what was stored last (the console's Things)
+        self.latest: dict[str, dict[str, tuple[Any, int]]] = {}
 
     async def __call__(
         self, readings: list[dict[str, Any]], raw: bytes | None = None, checked: bool = False
@@ -75,6 +77,14 @@ class ServiceSink:
         except OutboxClosed:
             raise Rejected("the gateway is stopping; send again to the new master") from None
         self.status.count("received", len(events))
+        latest = self.latest
+        for event in events:
+            at = event.get("timestamp") or 0
+            metrics = latest.get(event["thing_key"])
+            if metrics is None:
+                metrics = latest[event["thing_key"]] = {}
+            for metric, value in event["data"].items():
+                metrics[metric] = (value, at)
         return len(events)
 
     def _checked(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -126,12 +136,14 @@ class Pipeline:
             config.cloud.heartbeat_interval_ms / 1000,
         )
         self.adapters: list[Adapter] = []
+        self.sinks: list[ServiceSink] = []
         for svc in config.services:
             if svc.enabled:
                 sink = ServiceSink(self.outbox, ThingMap(svc.things, svc.send_interval_ms))
                 adapter = adapter_class(svc.type)(svc, sink, workdir=datadir)
                 sink.status = adapter.status
                 self.adapters.append(adapter)
+                self.sinks.append(sink)
         self.instructions = InstructionEngine(
             datadir / "instructions",
             getattr(config.cloud, "access_key", ""),
@@ -223,6 +235,14 @@ class Pipeline:
         return await self.housekeeping.replay(ids)
 
     # ------------------------------------------------------------------ status
+
+    def latest_values(self) -> dict[str, dict[str, tuple[Any, int]]]:
+        """thing_key -> metric -> (latest value, time ms) over every service."""
+        out: dict[str, dict[str, tuple[Any, int]]] = {}
+        for sink in self.sinks:
+            for key, metrics in sink.latest.items():
+                out.setdefault(key, {}).update(metrics)
+        return out
 
     def pipeline_state(self) -> str:
         """`running` only while the data path runs: the forwarder is not down, nor failing

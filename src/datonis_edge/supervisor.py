@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .console.alertlog import AlertLog
+from .console.configfile import save_version
 from .ha.lock import DataDirLock
 from .ha.state import HaFiles
 from .pipeline import Pipeline, preload
@@ -86,6 +88,9 @@ class Supervisor:
         self.ha = HaFiles(datadir)
         self.lock = DataDirLock(self.ha.lock_path)
         self.alerts = Alerts()
+        # every alert also goes to DIR/log/alerts.log (JSON lines, rotated): the console's page
+        self.alerts.listeners.append(AlertLog(datadir).write)
+        self._applying = asyncio.Lock()
         self.role = "starting"
         self.epoch = 0
         self.since_ms = int(time.time() * 1000)
@@ -376,6 +381,7 @@ class Supervisor:
             "epoch": self.epoch if self.role == "master" else self.ha.read_epoch(),
             "since_ms": self.since_ms,
             "datadir": str(self.datadir),
+            "host": socket.gethostname(),
             "alerts": self.alerts.snapshot(),
         }
         if self.role == "master" and self.gateway is not None:
@@ -395,7 +401,15 @@ class Supervisor:
             snap["master"] = (
                 {
                     k: master.get(k)
-                    for k in ("instance_id", "host", "pid", "epoch", "console_url", "since_ms")
+                    for k in (
+                        "instance_id",
+                        "host",
+                        "pid",
+                        "epoch",
+                        "console_url",
+                        "since_ms",
+                        "heartbeat_ms",
+                    )
                 }
                 if master
                 else None
@@ -428,6 +442,36 @@ class Supervisor:
 
     def declined_list(self) -> list[dict[str, Any]]:
         return [d.summary() for d in DeclinedStore(self.datadir / "declined").list()]
+
+    def declined_purge(self, ids: list[str] | None) -> int:
+        """Delete declined batches (`None`: all); on any instance (the files are shared)."""
+        store = DeclinedStore(self.datadir / "declined")
+        items = store.find(ids)
+        for item in items:
+            store.remove(item)
+        return len(items)
+
+    def latest_values(self) -> dict[str, dict[str, tuple[Any, int]]]:
+        """thing_key -> metric -> (latest value, its time in ms), as the master received them."""
+        return self.gateway.latest_values() if self.gateway is not None else {}
+
+    async def apply_config(self, text: str, config: Config) -> None:
+        """Save `text` (already validated into `config`) as config/edge.yaml, the previous
+        version kept in config/history/; on the master, restart the pipeline in-process with
+        it (the outbox, the lock and the epoch stay). A standby reads it at takeover."""
+        async with self._applying:
+            path = self.datadir / "config" / "edge.yaml"
+            await asyncio.to_thread(save_version, path, text)
+            self._config_version = _file_version(path)
+            self.config = config
+            if self.role != "master" or self.gateway is None:
+                return
+            old = self.gateway
+            await old.stop()
+            counters = old.outbox.stats().counters
+            self.gateway = Pipeline(self.datadir, config, self.epoch, self.alerts)
+            await self.gateway.start(counters)
+            log.info("configuration applied: the pipeline restarted with %s", path)
 
     async def replay(self, ids: list[str] | None) -> int:
         if self.gateway is None or self.role != "master":

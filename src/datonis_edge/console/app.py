@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from .auth import Auth
 from .auth.gate import AuthGate, client_address, principal_of
 from .metrics import metrics_registry
-from .templating import render
+from .pages import page_routes
 
 log = logging.getLogger("datonis_edge.console")
 
@@ -109,13 +109,10 @@ def create_app(service: ConsoleService, auth: Auth) -> AuthGate:
             b"".join(generate_latest(r) for r in registries), media_type=CONTENT_TYPE_LATEST
         )
 
-    async def index(request: Request) -> Response:
-        return render(request, "status.html")
-
     app = Starlette(
         routes=[
             *auth.routes,
-            Route("/", index),
+            *page_routes(service, auth.store, audit),
             Route("/declined/replay", replay_page, methods=["POST"]),
             Route("/api/v1/status", status),
             Route("/api/v1/declined", declined),

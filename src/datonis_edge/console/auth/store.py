@@ -6,6 +6,7 @@ of each token), both written whole and atomically, mode 0600, under an flock of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -218,6 +219,20 @@ class ConsoleStore:
                 with contextlib.suppress(FileNotFoundError):
                     self.initial_password_path.unlink()
             return user
+
+    def set_role(self, name: str, role: str) -> User:
+        check_role(role)
+        with self._locked():
+            users = self.users()
+            old = self._existing(users, name)
+            admins = sum(u.role == "admin" for u in users.values())
+            if old.role == "admin" and role != "admin" and admins == 1:
+                raise AuthError(
+                    f"'{name}' is the last admin and stays one: make another user admin first"
+                )
+            users[name] = dataclasses.replace(old, role=role, changed_ms=now_ms())
+            self._save_users(users)
+            return users[name]
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if the password is right; as slow for an unknown name as for a known one."""

@@ -1,0 +1,237 @@
+"""The console's pages in a real headless Chromium against a real gateway process and the
+platform simulator: the overview's numbers are the status API's; a declined batch replayed
+from the Declined page reaches the platform, another is purged; a configuration with an error
+shows its line and saves nothing, a valid one (a new metric) reaches the platform without a
+process restart; a standby shows the banner and no edit form; a viewer sees no admin form.
+With CONSOLE_SCREENSHOTS=docs/console every page is saved as PNG."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import yaml
+
+from console_helpers import (
+    STRONG,
+    Factory,
+    add_user,
+    audit,
+    log_in,
+    shot,
+    url,
+)
+from helpers import Gateway, PlatformSim, base_config, free_port, simulator_service, wait_until
+
+PAGES = ["/", "/services", "/things", "/declined", "/config", "/alerts"]
+
+pytest_plugins = ["console_helpers"]  # the chromium and page fixtures
+
+
+def listener_config(platform: PlatformSim) -> tuple[dict[str, Any], int]:
+    port = free_port()
+    config = base_config(platform)
+    config["services"] = [
+        {"name": "push", "type": "http_listener", "host": "127.0.0.1", "port": port}
+    ]
+    return config, port
+
+
+def decline_one(gw: Gateway, platform: PlatformSim, port: int, thing_key: str) -> None:
+    """One event pushed while the platform answers 422: a declined batch."""
+    before = gw.status()["declined_batches"]
+    platform.fault(status=422, count=1)
+    httpx.post(
+        f"http://127.0.0.1:{port}/api/v3/things/event.json",
+        json={"thing_key": thing_key, "data": {"v": 1}},
+    ).raise_for_status()
+    wait_until(lambda: gw.status()["declined_batches"] == before + 1, 20, "a declined batch")
+
+
+def admin_on(gw: Gateway, page) -> None:  # type: ignore[no-untyped-def]
+    add_user(gw.datadir, "admin1", STRONG, "admin")
+    log_in(page, gw, "admin1", STRONG)
+    page.wait_for_url(url(gw, "/"))
+
+
+def edit_forms(page) -> int:  # type: ignore[no-untyped-def]
+    """Forms that change something, but the logout."""
+    return page.locator("form[method=post]:not([action='/logout'])").count()
+
+
+def test_overview_declined_replay_and_purge(
+    gateway_factory: Factory, platform: PlatformSim, page
+) -> None:  # type: ignore[no-untyped-def]
+    config, port = listener_config(platform)
+    gw = gateway_factory(config).start()
+    decline_one(gw, platform, port, "press-replayed")
+    admin_on(gw, page)
+
+    # the overview's numbers are the status API's (nothing moves: no scanning service)
+    page.goto(url(gw, "/"))
+    status = gw.status()
+    shown = {
+        "#role": status["role"],
+        "#epoch": str(status["epoch"]),
+        "#outbox-pending": str(status["outbox"]["pending"]),
+        "#count-delivered": str(status["counters"].get("delivered", 0)),
+        "#count-declined": str(status["counters"].get("declined", 0)),
+        "#count-evicted": str(status["counters"].get("evicted", 0)),
+        "#count-accepted": str(status["counters"].get("accepted", 0)),
+        "#outbox-fill": f"{status['outbox']['fill'] * 100:.1f}",
+        "#health": status["health"],
+    }
+    assert {sel: page.inner_text(sel).strip() for sel in shown} == shown
+    assert status["counters"]["declined"] == 1
+    page.wait_for_function("document.getElementById('chart').dataset.points !== undefined")
+    shot(page, "overview")
+
+    # Declined: the batch, with its status and reason; replay it from the page
+    page.goto(url(gw, "/declined"))
+    row = page.locator("#declined tr", has_text="press-replayed")
+    assert "422" in row.inner_text()
+    shot(page, "declined")
+    row.locator("input[name=id]").check()
+    page.click("button[value=replay]")
+    page.wait_for_selector("#message")
+    assert "1 events replayed" in page.inner_text("#message")
+    wait_until(
+        lambda: any(e["thing_key"] == "press-replayed" for e in platform.events()),
+        20,
+        "the replayed event at the platform",
+    )
+    assert any(e["action"] == "declined_replay" for e in audit(gw.datadir))
+
+    # another one, purged
+    decline_one(gw, platform, port, "press-purged")
+    page.goto(url(gw, "/declined"))
+    page.locator("#declined tr", has_text="press-purged").locator("input[name=id]").check()
+    page.click("button[value=purge]")
+    page.wait_for_selector("#message")
+    assert "1 batches purged" in page.inner_text("#message")
+    assert "No declined batches" in page.inner_text("#declined")
+    assert gw.status()["declined_batches"] == 0
+    assert not any(e["thing_key"] == "press-purged" for e in platform.events())
+    assert any(e["action"] == "declined_purge" for e in audit(gw.datadir))
+
+    export = page.request.get(url(gw, "/declined/export.json"))
+    assert export.ok and export.json() == {"declined": []}
+
+    for path, name in [("/services", "services"), ("/alerts", "alerts"), ("/users", "users")]:
+        page.goto(url(gw, path))
+        shot(page, name)
+    assert "admin1" in page.inner_text("#users")
+
+
+def test_config_edit_error_at_its_line_then_a_new_metric_without_restart(
+    gateway_factory: Factory, platform: PlatformSim, page
+) -> None:  # type: ignore[no-untyped-def]
+    config = base_config(platform)
+    config["services"] = [simulator_service("press-1", scan_interval_ms=200)]
+    gw = gateway_factory(config).start()
+    pid = gw.proc.p.pid  # type: ignore[union-attr]
+    edge_yaml = gw.datadir / "config" / "edge.yaml"
+    stored = edge_yaml.read_text()
+    admin_on(gw, page)
+
+    page.goto(url(gw, "/config"))
+    text = page.input_value("textarea[name=text]")
+    assert "********" in text and platform.secret_key not in text  # secrets masked
+
+    # an unknown key inside the service: shown at its line, nothing saved
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("scan_interval_ms"))
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    broken = [*lines[: at + 1], f"{indent}scan_intervall_ms: 100", *lines[at + 1 :]]
+    page.fill("textarea[name=text]", "\n".join(broken) + "\n")
+    page.click("#check")
+    page.wait_for_selector("#problems")
+    problems = page.inner_text("#problems")
+    assert f"line {at + 2}" in problems and "scan_intervall_ms" in problems, problems
+    assert page.locator("#save").count() == 0
+    shot(page, "config-error")
+    assert edge_yaml.read_text() == stored
+    assert not (edge_yaml.parent / "history").exists()
+
+    # a new metric: diff, save, at the platform from the same process
+    metric = next(i for i, line in enumerate(lines) if "counter(0, 1)" in line)
+    item = next(i for i in range(metric, -1, -1) if lines[i].lstrip().startswith("- "))
+    dash = lines[item][: len(lines[item]) - len(lines[item].lstrip())]
+    added = [*lines[: metric + 1], f"{dash}- name: added", f"{dash}  tag: const(42)"]
+    page.fill("textarea[name=text]", "\n".join([*added, *lines[metric + 1 :]]) + "\n")
+    page.click("#check")
+    page.wait_for_selector("#diff")
+    assert "+" in page.inner_text("#diff") and "added" in page.inner_text("#diff")
+    shot(page, "config-diff")
+    page.click("#save")
+    page.wait_for_selector("#message")
+    assert "saved" in page.inner_text("#message")
+    saved = yaml.safe_load(edge_yaml.read_text())
+    assert saved["cloud"]["secret_key"] == platform.secret_key  # the mask kept the secret
+    assert [m["name"] for m in saved["services"][0]["things"][0]["metrics"]] == ["n", "added"]
+    assert len(list((edge_yaml.parent / "history").glob("edge-*.yaml"))) == 1
+    wait_until(
+        lambda: any(e["data"].get("added") == 42 for e in platform.events()),
+        20,
+        "the new metric at the platform",
+    )
+    assert gw.proc.p.poll() is None and gw.proc.p.pid == pid  # type: ignore[union-attr]
+    assert gw.status()["pipeline"] == "running"
+    assert any(e["action"] == "config_saved" for e in audit(gw.datadir))
+
+    # the Things page shows the new metric's latest value
+    page.goto(url(gw, "/things?q=added"))
+    page.wait_for_selector("#things td")
+    assert "42" in page.inner_text("#things")
+    shot(page, "things")
+
+
+def test_a_standby_shows_the_banner_and_no_edit_form(
+    gateway_factory: Factory, platform: PlatformSim, page
+) -> None:  # type: ignore[no-untyped-def]
+    master = gateway_factory(base_config(platform)).start()
+    standby = gateway_factory(None, datadir=master.datadir).start(wait_master=False)
+    standby.wait_role("standby")
+    add_user(master.datadir, "admin1", STRONG, "admin")
+    log_in(page, standby, "admin1", STRONG)
+    page.wait_for_url(url(standby, "/"))
+    banner = page.inner_text("#standby-banner")
+    assert master.name in banner and "read-only" in banner
+    link = page.get_attribute("#standby-banner a", "href")
+    assert link is not None and link.endswith(f":{master.http_port}")
+    shot(page, "standby")
+    for path in [*PAGES, "/users"]:
+        page.goto(url(standby, path))
+        assert page.locator("#standby-banner").count() == 1, path
+        assert edit_forms(page) == 0, path
+    # the master lists the standby with its heartbeat
+    log_in(page, master, "admin1", STRONG)
+    page.wait_for_url(url(master, "/"))
+    page.wait_for_selector(f".standby-row:has-text('{standby.name}')")
+    # a crafted change on the standby is refused
+    csrf = page.context.request.get(url(standby, "/config"))
+    assert csrf.ok
+
+
+def test_a_viewer_sees_no_admin_form_on_any_page(
+    gateway_factory: Factory, platform: PlatformSim, page
+) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_factory(base_config(platform)).start()
+    add_user(gw.datadir, "viewer1", STRONG, "viewer")
+    log_in(page, gw, "viewer1", STRONG)
+    page.wait_for_url(url(gw, "/"))
+    for path in PAGES:
+        page.goto(url(gw, path))
+        assert edit_forms(page) == 0, path
+    assert page.locator("nav a[href='/users']").count() == 0
+    assert page.goto(url(gw, "/users")).status == 403  # type: ignore[union-attr]
+    status = page.evaluate(
+        """async () => {
+            const csrf = document.querySelector("input[name=csrf_token]").value;
+            const body = new URLSearchParams({csrf_token: csrf, text: "cloud: {}", action: "save"});
+            const r = await fetch("/config", {method: "POST", body});
+            return r.status;
+        }"""
+    )
+    assert status == 403
+    assert (gw.datadir / "config" / "edge.yaml").exists()
