@@ -253,3 +253,35 @@ def test_an_instruction_writes_a_register_and_a_coil_of_a_unit_and_is_acked(
         what="the written values read back from unit 3",
     )
     assert line.line()["overlaps"] == 0  # the write waited for the reads on the line
+
+
+def test_a_serial_port_that_is_not_there_is_reported_and_read_once_it_appears(
+    platform, gateway_factory, tmp_path
+) -> None:
+    line = RtuLine(tmp_path, {"units": {"5": {"ir": {"0": [1234]}}}}, name="late")
+    config = base_config(platform)
+    config["services"] = [
+        rtu_service(
+            line,
+            scan_interval_ms=100,
+            timeout_ms=200,
+            retry_max_backoff_ms=500,
+            devices=[{"name": "meter", "unit_id": 5}],
+            tags=[{"name": "flow", "register": "input", "address": 0}],
+            things=[{"thing_key": "meter-5", "metrics": [{"name": "flow", "tag": "flow"}]}],
+        )
+    ]
+    gw = gateway_factory(config).start()
+    try:
+        svc = wait_until(
+            lambda: (s := gw.status()["services"][0])["state"] == "degraded" and s,
+            what="the missing port reported",
+        )
+        error = svc["details"]["devices"][0]["last_error"]
+        assert f"cannot open serial port {line.gateway_port}" in error
+        line.start(probe=False)  # the adapter is plugged in
+        event = wait_until(lambda: next(iter(platform.events()), None), what="the meter read")
+        assert event["data"] == {"flow": 1234}
+        wait_until(lambda: gw.status()["services"][0]["state"] == "running", what="healthy")
+    finally:
+        line.stop()

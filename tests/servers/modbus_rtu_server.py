@@ -53,13 +53,15 @@ async def main() -> None:
     counts: dict[str, int] = {}
     line = {"overlaps": 0, "min_gap_ms": None, "answered_at": None, "pending": False}
     count_file = Path(args.count_file) if args.count_file else None
+    count_tmp = Path(f"{args.count_file}.tmp")
 
     def trace(sending: bool, pdu):  # type: ignore[no-untyped-def]
         if not sending:
             key = str(pdu.dev_id)
             counts[key] = counts.get(key, 0) + 1
-            if count_file:
-                count_file.write_text(json.dumps({"units": counts, **line}))
+            if count_file:  # replaced whole: a reader never sees it half written
+                count_tmp.write_text(json.dumps({"units": counts, **line}))
+                count_tmp.replace(count_file)
         return pdu
 
     def silence(sending: bool, data: bytes) -> bytes:
