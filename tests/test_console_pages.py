@@ -225,6 +225,8 @@ def test_a_viewer_sees_no_admin_form_on_any_page(
         assert edit_forms(page) == 0, path
     assert page.locator("nav a[href='/users']").count() == 0
     assert page.goto(url(gw, "/users")).status == 403  # type: ignore[union-attr]
+    page.goto(url(gw, "/config"))
+    assert page.locator("#config-text").count() == 1  # read, not edited
     status = page.evaluate(
         """async () => {
             const csrf = document.querySelector("input[name=csrf_token]").value;
