@@ -139,7 +139,12 @@ class HttpListenerAdapter(Adapter):
             self.status.count("internal_errors")
             status, extra = 500, []
             body = _err(f"internal error ({exc.__class__.__name__}); see the gateway log")
-        headers = [(b"content-type", b"application/json"), *extra]
+        # a known length: no chunked framing to write and for the client to parse
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            *extra,
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
