@@ -16,6 +16,7 @@ import failover
 import ingest
 import instructions
 import lzf_bodies
+import memory
 import modbus
 import modbus_rtu
 import mtconnect
@@ -49,6 +50,7 @@ if __name__ == "__main__":
         reconnect.run(120)
     modbus.run(seconds=5 if quick else 15)
     modbus.run(seconds=5 if quick else 15, scan_ms=200)
+    memory.run(3.0 if quick else 10.0)  # RSS at idle and with 15,000 Modbus tags
     modbus_rtu.run_all(quick)  # 8 units x 50 registers at 9600 and 115200 baud over a pty
     s7.run(seconds=5 if quick else 15)
     bacnet.run(seconds=5 if quick else 15)
