@@ -20,13 +20,14 @@ from ..root_config import Config, parse_config
 from ..store.durable import write_durably
 
 MASK = "********"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on big files
 KEEP_VERSIONS = 50
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
 def _compose(text: str) -> yaml.Node | None:
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError:
         return None
 

@@ -30,13 +30,21 @@ def config_routes(service: Service, audit: Audit) -> list[BaseRoute]:
     def versions() -> list[str]:
         return sorted((p.name for p in history.glob("edge-*.yaml")), reverse=True)[:20]
 
+    masked: dict[str, str] = {}  # the stored text -> it masked (composing 10,000 metrics: 0.2 s)
+
+    def masked_text(text: str) -> str:
+        if text not in masked:
+            masked.clear()
+            masked[text] = configfile.mask_secrets(text)
+        return masked[text]
+
     async def show(request: Request) -> Response:
         text = await asyncio.to_thread(stored)
         return page(
             request,
             service,
             "pages/config.html",
-            text=configfile.mask_secrets(text),
+            text=await asyncio.to_thread(masked_text, text),
             problems=[],
             diff=None,
             versions=await asyncio.to_thread(versions),

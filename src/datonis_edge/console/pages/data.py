@@ -26,12 +26,7 @@ def data_routes(service: Service, audit: Audit) -> list[BaseRoute]:
 
     async def services(request: Request) -> Response:
         snap = service.snapshot()
-        configured = []
-        try:
-            config = await asyncio.to_thread(configfile.validate, config_path.read_text())
-            configured = [(s.name, s.type, s.enabled) for s in config.services]
-        except (OSError, ConfigError):
-            pass
+        configured = [(s.name, s.type, s.enabled) for s in service.config.services]
         running = {s["name"]: s for s in snap.get("services") or []}
         return page(
             request,

@@ -75,6 +75,8 @@ def uplink_view(snap: dict[str, Any]) -> list[dict[str, Any]]:
 
 def overview_routes(service: Service) -> list[BaseRoute]:
     rates = RateHistory(service)
+    with contextlib.suppress(RuntimeError):  # built on the instance's loop: sample from now on
+        rates.ensure_started()
 
     def context() -> dict[str, Any]:
         rates.ensure_started()
