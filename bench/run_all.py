@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bacnet
 import commit_window
+import console
 import datonis_mqtt
 import delivery
 import ethernet_ip
@@ -62,3 +63,4 @@ if __name__ == "__main__":
     peer_thingsboard.run(quick="--peer-full" not in sys.argv)
     instructions.run(100 if quick else 1000)
     lzf_bodies.run(quick)
+    console.run(quick)  # ingestion with a browser on the overview; page times, 10,000 metrics
