@@ -358,3 +358,48 @@ def test_a_missing_object_fails_alone_and_a_wrong_instance_is_named(
         )
     finally:
         devices.stop()
+
+
+def test_a_cov_device_that_goes_silent_is_noticed_at_renewal_and_subscribed_again(
+    platform, gateway_factory, tmp_path
+) -> None:
+    devices = BacnetDevices(
+        tmp_path,
+        [{"instance": 6001, "objects": [{"id": "analog-input,1", "value": 0.0}],
+          "ramp": ["analog-input,1"], "ramp_ms": 200}],
+    ).start()  # fmt: skip
+    try:
+        config = base_config(platform)
+        service = _service(devices, [{"name": "flow", "object": "AI:1"}], retry_max_backoff_ms=500)
+        service["devices"][0]["cov_lifetime_s"] = 2  # renewed every second
+        config["services"] = [service]
+        gw = gateway_factory(config).start()
+        wait_until(lambda: len(platform.events()) >= 3, what="COV values")
+        devices.proc.signal(signal.SIGSTOP)
+        device = wait_until(
+            lambda: (
+                not (d := gw.status()["services"][0]["details"]["devices"][0])["connected"] and d
+            ),
+            10,
+            "the silent device noticed at a renewal",
+        )
+        assert device["cov_subscriptions"] == 0 and "no answer" in device["last_error"]
+        devices.proc.signal(signal.SIGCONT)
+        subscribes = devices.counts()["subscribe_cov"]
+        seen = len(platform.events())
+        device = wait_until(
+            lambda: (
+                (d := gw.status()["services"][0]["details"]["devices"][0])["connected"]
+                and d["cov_subscriptions"] == 1
+                and d
+            ),
+            30,
+            "subscribed again",
+        )
+        assert device["mode"] == "cov"
+        wait_until(lambda: len(platform.events()) >= seen + 3, what="COV values again")
+        assert devices.counts()["subscribe_cov"] > subscribes
+        flows = [e["data"]["flow"] for e in platform.events()]
+        assert flows == sorted(flows)  # nothing stale delivered after the silence
+    finally:
+        devices.stop()

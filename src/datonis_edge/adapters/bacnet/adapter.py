@@ -29,7 +29,7 @@ from ..base import (
 )
 from .config import BacnetService, BacnetTag
 from .device import Device
-from .link import BacnetLink, DeviceSilent, PortTaken, Refused, notification_values
+from .link import BacnetLink, DeviceSilent, PortTaken, Refused, notification_values, same_address
 from .objects import ObjectId
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class BacnetAdapter(Adapter):
 
     def _notified(self, source: Any, process_id: int, apdu: Any) -> None:
         device = self._by_process.get(process_id)
-        if device is None:
-            return
+        if device is None or not same_address(source, device.config.address):
+            return  # not a subscription of ours (or not from the device that has it)
         oid, value = notification_values(apdu)
         if oid is not None:
             device.notified(oid, value)

@@ -38,6 +38,7 @@ class Device:
         self.batch = 1
         self.polled: list[ObjectId] = list(self.names)
         self.subscribed: dict[ObjectId, int] = {}  # object -> subscriber process id
+        self.process_ids: dict[ObjectId, int] = {}  # one per object for the adapter's life
         self.changed: dict[str, Any] = {}  # COV values not yet delivered
         self.renew_at = 0.0
         self.failures = 0
@@ -100,6 +101,7 @@ class Device:
         self.batch = objects_per_request(max_apdu)
         self.read_multiple = self.config.read_multiple and rpm
         self.subscribed = {}
+        self.changed = {}  # older than the full read below
         self.polled = list(self.names)
         values = await self._read(self.polled, errors)
         if self.config.cov and cov:
@@ -158,7 +160,8 @@ class Device:
         lifetime = self.config.cov_lifetime_s
         for oid in objects:
             self.state["requests"] += 1
-            process_id = self.subscribed.get(oid) or self._process_id(self, oid)
+            process_id = self.process_ids.get(oid) or self._process_id(self, oid)
+            self.process_ids[oid] = process_id
             try:
                 await self.link.subscribe(self.config.address, oid, process_id, lifetime)
             except Refused as exc:  # this object has no COV: poll it

@@ -51,6 +51,14 @@ def describe(error: Any) -> str:
     return str(error)
 
 
+def same_address(source: Any, address: str) -> bool:
+    """Whether a packet's source is the device at `address` (host:port)."""
+    try:
+        return bool(source == Address(address))
+    except ValueError:
+        return False
+
+
 def to_python(value: Any) -> Any:
     """A present-value as JSON: REAL a float, BinaryPV true/false, Unsigned an int."""
     if isinstance(value, BinaryPV):
