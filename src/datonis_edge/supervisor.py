@@ -470,7 +470,16 @@ class Supervisor:
             await old.stop()
             counters = old.outbox.stats().counters
             self.gateway = Pipeline(self.datadir, config, self.epoch, self.alerts)
-            await self.gateway.start(counters)
+            try:
+                await self.gateway.start(counters)
+            except (OSError, sqlite3.Error, RuntimeError) as exc:
+                message = (
+                    f"the pipeline did not start again with the new configuration ({exc}); "
+                    "check the data directory, then restart the gateway"
+                )
+                log.error("%s", message)
+                self.alerts.raise_("error", message)
+                return
             log.info("configuration applied: the pipeline restarted with %s", path)
 
     async def replay(self, ids: list[str] | None) -> int:
