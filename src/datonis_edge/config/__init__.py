@@ -103,14 +103,20 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _expand_env(node: Any, path: str, problems: list[str]) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in strings: secrets and ports from the environment."""
+    """Replace ${VAR} and ${VAR:-default} in strings: secrets and ports from the environment.
+    What holds no reference is returned as it is, not copied (a plant-sized config is ~10 MB
+    of values)."""
     if isinstance(node, dict):
-        return {
-            k: _expand_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
-        }
+        changed = {}
+        for k, v in node.items():
+            new = _expand_env(v, f"{path}.{k}" if path else str(k), problems)
+            if new is not v:
+                changed[k] = new
+        return {**node, **changed} if changed else node
     if isinstance(node, list):
-        return [_expand_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
-    if isinstance(node, str):
+        items = [_expand_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+        return items if any(new is not old for new, old in zip(items, node, strict=True)) else node
+    if isinstance(node, str) and "${" in node:
 
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in os.environ and m.group(2) is not None:
