@@ -403,3 +403,72 @@ def test_a_cov_device_that_goes_silent_is_noticed_at_renewal_and_subscribed_agai
         assert flows == sorted(flows)  # nothing stale delivered after the silence
     finally:
         devices.stop()
+
+
+async def test_writes_are_type_checked_before_anything_is_sent() -> None:
+    from datonis_edge.adapters.bacnet.adapter import BacnetAdapter
+    from datonis_edge.adapters.bacnet.config import BacnetService
+    from datonis_edge.adapters.base import ValueRefused
+
+    config = BacnetService.model_validate(
+        {
+            "type": "bacnet",
+            "name": "hvac",
+            "local_address": f"127.0.0.1/8:{free_udp_port()}",
+            "devices": [{"name": "ahu", "address": "127.0.0.1:9", "instance": 1}],
+            "tags": [
+                {"name": "sp", "object": "AV:1"},
+                {"name": "fan", "object": "BO:1"},
+                {"name": "temp", "object": "AI:1"},
+            ],
+        }
+    )
+
+    async def sink(readings: list[Any], raw: Any = None, checked: bool = False) -> int:
+        return len(readings)
+
+    adapter = BacnetAdapter(config, sink)
+    assert await adapter.check_write("sp", 21) == 21.0
+    assert await adapter.check_write("fan", "Active") is True
+    assert await adapter.check_write("fan", 0) is False
+    assert await adapter.check_write("sp", None) is None  # relinquish
+    refusals = {
+        ("sp", "warm"): "sp takes a number (float32), not 'warm'",
+        ("sp", 1e39): "sp (float32) cannot hold 1e+39",
+        ("fan", 2): "fan takes true or false, not 2",
+        ("temp", 20): "temp (analog-input,1) is an input object, which the device sets",
+        ("nope", 1): "no tag named nope",
+    }
+    for (tag, value), message in refusals.items():
+        with pytest.raises(ValueRefused) as info:
+            await adapter.check_write(tag, value)
+        assert str(info.value) == message
+    await adapter.close_writes()
+
+
+def test_a_taken_local_port_is_reported_with_the_fix(platform, gateway_factory, tmp_path) -> None:
+    devices = BacnetDevices(tmp_path, [{"instance": 8001, "objects": EVERY_TYPE[0][:1]}]).start()
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    try:
+        config = base_config(platform)
+        service = _service(devices, [{"name": "t", "object": "AI:1"}])
+        service["local_address"] = f"127.0.0.1/8:{port}"
+        config["services"] = [service]
+        gw = gateway_factory(config).start()
+        svc = wait_until(
+            lambda: (s := gw.status()["services"][0])["last_error"] and s, what="the bind error"
+        )
+        assert (
+            f"local_address 127.0.0.1/8:{port}: cannot bind 127.0.0.1:{port}" in svc["last_error"]
+        )
+        assert "give this service another local_address" in svc["last_error"]
+        holder.close()
+        event = wait_until(lambda: next(iter(platform.events()), None), 30, "reads once bound")
+        assert event["data"] == {"t": 21.5}
+        log = gw.proc.log() if gw.proc else ""
+        assert log.count("cannot bind") == 1
+    finally:
+        holder.close()
+        devices.stop()
