@@ -35,7 +35,6 @@ what is left of the stop's budget (Gateway.stop): either way the batch stays in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -186,13 +185,16 @@ class Forwarder:
 
     async def _next_events(self, cursor: Cursor, wait: bool) -> ReadResult | Undecodable:
         """Up to bulk_max_elements events. With `wait`, waits for a full batch up to the
-        transmit interval (or for anything at all); without, takes only a full batch."""
+        transmit interval (or for anything at all); without, takes only a full batch.
+
+        While a partial batch waits, the outbox is read again only once enough events may
+        have come to fill it (by its `accepted` counter), not after every append: at a few
+        thousand appends a second a read per append (a transaction on the writer thread, and
+        the partial batch decoded again each time) was most of the forwarder's cost."""
         size = self.cloud.bulk_max_elements
-        changed = self.outbox.changed
         deadline = self._last_send + self.cloud.bulk_transmit_interval_ms / 1000
         while True:
-            if changed is not None:
-                changed.clear()
+            before = self._accepted()  # every event counted here is visible to the read
             got = await self._read(cursor, size)
             if isinstance(got, Undecodable):
                 return got
@@ -203,12 +205,32 @@ class Forwarder:
                 return ReadResult(0, cursor, cursor, 0)
             if n and time.monotonic() >= deadline:
                 return got
-            timeout = max(0.0, deadline - time.monotonic()) if n else 1.0
+            # events the read did not see are counted after `before`: wait for enough of them
+            await self._more_events(before + (size - n if n else 1), deadline if n else None)
+
+    def _accepted(self) -> int:
+        return self.outbox.stats().counters.get("accepted", 0)
+
+    async def _more_events(self, accepted: int, deadline: float | None) -> None:
+        """Until the outbox's `accepted` counter reaches `accepted`, the deadline passes (else
+        a second: a safety net), or a stop is asked for."""
+        changed = self.outbox.changed
+        until = deadline if deadline is not None else time.monotonic() + 1.0
+        while not self._stopping:
+            if changed is not None:
+                changed.clear()
+            if self._accepted() >= accepted:
+                return
+            timeout = until - time.monotonic()
+            if timeout <= 0:
+                return
             if changed is None:
                 await asyncio.sleep(min(timeout, 0.05))
                 continue
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(changed.wait(), timeout)
+            except TimeoutError:
+                return
 
     # ------------------------------------------------------------------ one batch
 

@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 READ_AHEAD_BYTES = 1 << 16
 PACKETS_PER_TURN = 1000  # packets read from the buffer per turn of paho's loop
 PUBACK = 0x40
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 class ReadAhead:
@@ -40,10 +41,25 @@ class ReadAhead:
         self._sock = sock
         self._buf = b""
         self._at = 0
+        tcp = isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._quickack = QUICKACK if tcp else None
+
+    def _ack_at_once(self, option: int) -> None:
+        """TCP-acknowledge what was just read now, not up to 40 ms later with our next write.
+        A broker without TCP_NODELAY (mosquitto's default) holds its next small PUBLISH until
+        the last one is TCP-acknowledged, and Linux delays that acknowledgement while the
+        connection takes turns (a PUBLISH in, a PUBACK out): without this, each message waits
+        for the PUBACK of the one before, so no commit can hold more than one."""
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, option, 1)  # not sticky: every read
+        except OSError:
+            self._quickack = None
 
     def recv(self, n: int) -> bytes:
         if self._at >= len(self._buf):
             data = self._sock.recv(max(n, READ_AHEAD_BYTES))  # BlockingIOError: paho's "again"
+            if self._quickack is not None:
+                self._ack_at_once(self._quickack)
             if len(data) <= n:
                 return data
             self._buf, self._at = data, 0
