@@ -40,8 +40,15 @@ def device_objects() -> list[dict[str, Any]]:
 
 
 def plant(
-    tmp: Path, count: int, per_process: int, scan_ms: int, cov: bool, cloud_url: str
-) -> tuple[dict, list[Proc]]:
+    tmp: Path,
+    count: int,
+    per_process: int,
+    scan_ms: int,
+    cov: bool,
+    cloud_url: str,
+    procs: list[Proc],
+) -> dict:
+    """The devices' processes (appended to `procs` as they start) and the gateway's config."""
     objects = device_objects()
     changing = [o["id"] for o in objects[:20]]  # COV: analog inputs 0-19 change every second
     specs = [
@@ -49,7 +56,6 @@ def plant(
          **({"ramp": changing, "ramp_ms": 1000} if cov else {})}
         for n in range(count)
     ]  # fmt: skip
-    procs = []
     for at in range(0, count, per_process):
         spec = tmp / f"bacnet-{at}.json"
         spec.write_text(json.dumps({"devices": specs[at : at + per_process]}))
@@ -82,7 +88,28 @@ def plant(
             }
         ],
     }
-    return config, procs
+    return config
+
+
+def measure(edge: Edge, seconds: float) -> tuple[dict, dict, float, float, float]:
+    """(status before, status after, CPU seconds, wall seconds, peak RSS) over `seconds`,
+    once every device has answered (and subscribed)."""
+
+    def down() -> list[str]:
+        states = edge.status()["services"][0]["details"]["devices"]
+        return [f"{s['name']}: {s['last_error']}" for s in states if not s["connected"]]
+
+    try:
+        wait_until(lambda: not down(), 180, "every device connected")
+    except AssertionError:
+        print("not connected:", down(), file=sys.stderr)
+        raise
+    time.sleep(2)
+    st0 = edge.status()
+    cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
+    time.sleep(seconds)
+    cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
+    return st0, edge.status(), cpu, wall, peak_rss_mb(edge.pid)
 
 
 def run(
@@ -95,31 +122,20 @@ def run(
     with tempfile.TemporaryDirectory(prefix="bench-bacnet-") as d:
         tmp = Path(d)
         sim = Sim(tmp).start()
-        config, procs = plant(tmp, devices, per_process, scan_ms, cov, sim.url)
-        per_device = len(config["services"][0]["tags"]) // devices
-        edge = Edge(tmp, config).start()
-
-        def down() -> list[str]:
-            states = edge.status()["services"][0]["details"]["devices"]
-            return [f"{s['name']}: {s['last_error']}" for s in states if not s["connected"]]
-
-        try:  # every device read (and subscribed) before measuring
-            wait_until(lambda: not down(), 180, "every device connected")
-        except AssertionError:
-            print("not connected:", down(), file=sys.stderr)
-            raise
-        time.sleep(2)
-        st0 = edge.status()
-        cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
-        time.sleep(seconds)
-        cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
-        st = edge.status()
-        rss = peak_rss_mb(edge.pid)
-        svc = st["services"][0]
-        edge.stop()
-        for p in procs:
-            p.stop()
-        sim.stop()
+        procs: list[Proc] = []
+        edge: Edge | None = None
+        try:  # whatever happens, every process started here is stopped
+            config = plant(tmp, devices, per_process, scan_ms, cov, sim.url, procs)
+            per_device = len(config["services"][0]["tags"]) // devices
+            edge = Edge(tmp, config).start()
+            st0, st, cpu, wall, rss = measure(edge, seconds)
+        finally:
+            if edge is not None:
+                edge.stop()
+            for p in procs:
+                p.stop()
+            sim.stop()
+    svc = st["services"][0]
     delivered = st["counters"]["delivered"] - st0["counters"]["delivered"]
     received = svc["counters"].get("received", 0) - st0["services"][0]["counters"].get(
         "received", 0
