@@ -46,7 +46,11 @@ class BacnetDevices:
 
     def start(self) -> BacnetDevices:
         self.proc.start()
-        wait_until(lambda: "ready" in self.proc.log(), 15, "the BACnet devices to start")
+        try:
+            wait_until(lambda: "ready" in self.proc.log(), 60, "the BACnet devices to start")
+        except AssertionError:
+            self.stop()  # not left running when the test never reaches its finally
+            raise
         return self
 
     def address(self, i: int = 0) -> str:
