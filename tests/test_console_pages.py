@@ -237,3 +237,30 @@ def test_a_viewer_sees_no_admin_form_on_any_page(
     )
     assert status == 403
     assert (gw.datadir / "config" / "edge.yaml").exists()
+
+
+def test_an_admin_disables_and_enables_a_service(
+    gateway_factory: Factory, platform: PlatformSim, page
+) -> None:  # type: ignore[no-untyped-def]
+    config = base_config(platform)
+    config["services"] = [
+        simulator_service("press-1", scan_interval_ms=200, name="line"),
+        simulator_service("press-2", scan_interval_ms=200, name="other"),
+    ]
+    gw = gateway_factory(config).start()
+    pid = gw.proc.p.pid  # type: ignore[union-attr]
+    admin_on(gw, page)
+    page.goto(url(gw, "/services"))
+    page.locator("tr[data-service=other] button", has_text="Disable").click()
+    page.wait_for_selector(".message")
+    assert "other disabled" in page.inner_text(".message")
+    assert "disabled" in page.inner_text("tr[data-service=other]")
+    assert [s["name"] for s in gw.status()["services"]] == ["line"]
+    saved = yaml.safe_load((gw.datadir / "config" / "edge.yaml").read_text())
+    assert saved["services"][1]["enabled"] is False
+    page.locator("tr[data-service=other] button", has_text="Enable").click()
+    page.wait_for_selector(".message")
+    assert [s["name"] for s in gw.status()["services"]] == ["line", "other"]
+    assert gw.proc.p.pid == pid and gw.proc.p.poll() is None  # type: ignore[union-attr]
+    actions = [e["action"] for e in audit(gw.datadir)]
+    assert "service_disabled" in actions and "service_enabled" in actions

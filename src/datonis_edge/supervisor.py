@@ -455,6 +455,14 @@ class Supervisor:
         """thing_key -> metric -> (latest value, its time in ms), as the master received them."""
         return self.gateway.latest_values() if self.gateway is not None else {}
 
+    async def write_instruction(
+        self, thing_key: str, instruction: dict[str, Any]
+    ) -> tuple[bool, str]:
+        """The console's write form: through the thing's instruction rules (master only)."""
+        if self.role != "master" or self.gateway is None:
+            return False, "this instance is not the master; write on the master"
+        return await self.gateway.write_instruction(thing_key, instruction)
+
     async def apply_config(self, text: str, config: Config) -> None:
         """Save `text` (already validated into `config`) as config/edge.yaml, the previous
         version kept in config/history/; on the master, restart the pipeline in-process with

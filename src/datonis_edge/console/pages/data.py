@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from starlette.requests import Request
@@ -17,6 +19,7 @@ from ..alertlog import AlertLog
 from .common import Audit, Service, form_ids, page, read_form, refuse_change
 
 MAX_THING_ROWS = 2000  # a page; the filter narrows it
+MAX_FORMS = 200
 _GOOD = frozenset({"starting", "running", "connected", "listening", "ready"})
 
 
@@ -63,6 +66,7 @@ def data_routes(service: Service, audit: Audit) -> list[BaseRoute]:
         states = {s["name"]: s for s in snap.get("services") or []}
         latest = service.latest_values()
         rows: list[dict[str, Any]] = []
+        forms: list[dict[str, Any]] = []  # a write form per instruction rule of a shown thing
         total = 0
         for svc in service.config.services:
             status = states.get(svc.name) or {}
@@ -72,6 +76,8 @@ def data_routes(service: Service, audit: Audit) -> list[BaseRoute]:
             if only_errors and not error:
                 continue
             for thing in svc.things:
+                if svc.enabled and (not wanted or wanted in thing.thing_key.lower()):
+                    forms.extend(_rule_forms(thing))
                 values = latest.get(thing.thing_key, {})
                 names = [m.name for m in thing.metrics] or sorted(values)
                 for metric in names:
@@ -98,6 +104,46 @@ def data_routes(service: Service, audit: Audit) -> list[BaseRoute]:
             q=wanted,
             only_errors=only_errors,
             limit=MAX_THING_ROWS,
+            forms=forms[:MAX_FORMS],
+            message=request.query_params.get("message"),
+        )
+
+    async def write(request: Request) -> Response:
+        refused = refuse_change(request, service)
+        if refused is not None:
+            return refused
+        form = await read_form(request)
+        thing_key, rule_name = form.get("thing"), form.get("rule")
+        rule = next(
+            (
+                r
+                for svc in service.config.services
+                for t in svc.things
+                if t.thing_key == thing_key
+                for r in t.instructions
+                if r.name == rule_name
+            ),
+            None,
+        )
+        if rule is None:
+            return Response(
+                f"400: thing {thing_key!r} has no instruction rule {rule_name!r}\n", 400
+            )
+        instruction: dict[str, Any] = {}
+        for path, value in rule.match.items():
+            _put(instruction, path, value)
+        for w in rule.writes:
+            if w.from_ is not None:
+                _put(instruction, w.from_, _typed(form.get(f"f.{w.from_}")))
+        ok, said = await service.write_instruction(thing_key, instruction)
+        await audit(
+            request, "tag_write", thing=thing_key, rule=rule_name, instruction=instruction,
+            success=ok, result=said,
+        )  # fmt: skip
+        word = "written" if ok else "refused"
+        return RedirectResponse(
+            f"/things?{urlencode({'q': thing_key, 'message': f'{word}: {said}'})}",
+            status_code=303,
         )
 
     async def declined(request: Request) -> Response:
@@ -160,8 +206,38 @@ def data_routes(service: Service, audit: Audit) -> list[BaseRoute]:
         Route("/services", services),
         Route("/services/enabled", toggle, methods=["POST"]),
         Route("/things", things),
+        Route("/things/write", write, methods=["POST"]),
         Route("/declined", declined),
         Route("/declined/action", declined_action, methods=["POST"]),
         Route("/declined/export.json", export),
         Route("/alerts", alerts),
     ]
+
+
+def _rule_forms(thing: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "thing": thing.thing_key,
+            "rule": rule.name,
+            "match": rule.match,
+            "fields": [(w.from_, w.tag, w.min, w.max) for w in rule.writes if w.from_],
+            "constants": [(w.tag, w.value) for w in rule.writes if w.from_ is None],
+        }
+        for rule in thing.instructions
+    ]
+
+
+def _put(target: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[last] = value
+
+
+def _typed(text: str) -> Any:
+    """A typed value: a number, true/false or null as JSON reads it, else the text itself."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float | bool) or value is None else text
