@@ -4,16 +4,15 @@ out-of-range one writes nothing); the write is audited; a viewer has no form."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import ModbusTcpClient
 
 from console_helpers import STRONG, Factory, add_user, audit, log_in, shot, url
-from helpers import ModbusServer, PlatformSim, base_config
+from helpers import ModbusServer, PlatformSim, base_config, wait_until
 
 pytest_plugins = ["console_helpers"]  # the chromium and page fixtures
 
@@ -49,15 +48,13 @@ def press(port: int) -> dict[str, Any]:
 
 
 def register(port: int) -> int:
-    async def read() -> int:
-        client = AsyncModbusTcpClient("127.0.0.1", port=port)
-        await client.connect()
-        try:
-            return (await client.read_holding_registers(10, count=1)).registers[0]
-        finally:
-            client.close()
-
-    return asyncio.run(read())
+    """Read with the blocking client (Playwright's sync API keeps an event loop running)."""
+    client = ModbusTcpClient("127.0.0.1", port=port)
+    assert client.connect()
+    try:
+        return client.read_holding_registers(10, count=1).registers[0]
+    finally:
+        client.close()
 
 
 def test_an_admin_writes_a_tag_through_its_instruction_rule(
@@ -88,6 +85,12 @@ def test_an_admin_writes_a_tag_through_its_instruction_rule(
     assert [w["success"] for w in writes] == [False, True]
     assert writes[1]["instruction"] == {"command": "set_speed", "value": 1234}
     shot(page, "things-write")
+
+    def shown() -> bool:  # the next scan reads it back: the latest value on the page
+        page.goto(url(gw, "/things?q=press-1"))
+        return "1234" in page.inner_text("#things")
+
+    wait_until(shown, 10, "the written value read back on the Things page")
 
     page.click("text=Log out")
     log_in(page, gw, "viewer1", STRONG)

@@ -94,7 +94,8 @@ def overview_routes(service: Service) -> list[BaseRoute]:
         }
 
     async def overview(request: Request) -> Response:
-        return page(request, service, "pages/overview.html", **context())
+        replayed = request.query_params.get("replayed")
+        return page(request, service, "pages/overview.html", replayed=replayed, **context())
 
     async def live(request: Request) -> Response:
         return page(request, service, "pages/overview_live.html", **context())
