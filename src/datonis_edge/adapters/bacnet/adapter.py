@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,11 @@ from ...logs import OnceLogger
 from ..base import (
     Adapter,
     ReadingSink,
-    Rejected,
     ValueRefused,
     WriteFailed,
     fit_value,
-    reading,
-    ticks,
 )
+from ..devices import poll, report_device, report_health
 from .config import BacnetService, BacnetTag
 from .device import Device
 from .link import BacnetLink, DeviceSilent, PortTaken, Refused, notification_values, same_address
@@ -100,45 +97,21 @@ class BacnetAdapter(Adapter):
             delay = min(delay * 2, self.config.retry_max_backoff_ms / 1000)
 
     async def _poll(self, device: Device) -> None:
-        async for _ in ticks(self.config.scan_interval_ms / 1000):
-            values = await device.scan()
-            self._report_devices()
-            if not values:
-                continue
-            ts = int(time.time() * 1000)
-            readings = []
-            for thing_key, tags in self._things:
-                data = {tag: values[tag] for tag in tags if tag in values}
-                if data:
-                    readings.append(reading(thing_key, ts, data))
-            if readings:
-                try:
-                    await self.sink(readings)
-                except Rejected as exc:
-                    self.status.error(exc.reason)
+        await poll(
+            self.config.scan_interval_ms / 1000,
+            device.scan,
+            self._report_devices,
+            self._things,
+            self.sink,
+            self.status,
+        )
 
     def _report_devices(self) -> None:
         """One line when a device stops answering, one when it answers again; the service is
         degraded while any is down."""
-        down = []
         for d in self.devices:
-            key = f"device:{d.config.name}"
-            if d.state["connected"]:
-                self._once.resolve(
-                    key, "services '%s': %s answers again", self.config.name, d.where
-                )
-                continue
-            if d.state["last_error"] is None:
-                continue  # not tried yet
-            down.append(d.config.name)
-            self._once.log(key, "services '%s': %s does not answer: %s; %s", self.config.name,
-                           d.where, d.state["last_error"], self.hint)  # fmt: skip
-        if down:
-            self.status.error(
-                f"devices not answering: {', '.join(down)}", "degraded", announce=False
-            )
-        else:
-            self.status.ok("running")
+            report_device(self._once, self.config.name, d, self.hint)
+        report_health(self.status, self.devices)
 
     # ------------------------------------------------------------------ writes
 

@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..devices import PolledDevice, device_state
 from .config import BacnetDevice, BacnetTag
 from .link import BacnetLink, DeviceSilent, Refused
 from .objects import ObjectId, objects_per_request
 
 
-class Device:
+class Device(PolledDevice):
     def __init__(
         self,
         config: BacnetDevice,
@@ -28,10 +29,22 @@ class Device:
         max_backoff_s: float,
         process_id: Callable[[Device, ObjectId], int],
     ) -> None:
+        names = {t.object_id: t.name for t in tags}
+        state = device_state(
+            config.name,
+            config.address,
+            len(names),
+            instance=config.instance,
+            mode=None,  # poll | cov (cov: some or all objects by subscription)
+            read_multiple=None,
+            max_apdu=None,
+            requests_per_scan=None,
+            cov_subscriptions=0,
+        )
+        super().__init__(state, max_backoff_s)
         self.config = config
         self.link = link
-        self.names: dict[ObjectId, str] = {t.object_id: t.name for t in tags}
-        self.max_backoff_s = max_backoff_s
+        self.names: dict[ObjectId, str] = names
         self._process_id = process_id
         self.ready = False  # capabilities known, subscriptions made
         self.read_multiple = config.read_multiple
@@ -41,24 +54,6 @@ class Device:
         self.process_ids: dict[ObjectId, int] = {}  # one per object for the adapter's life
         self.changed: dict[str, Any] = {}  # COV values not yet delivered
         self.renew_at = 0.0
-        self.failures = 0
-        self.retry_at = 0.0
-        self.state: dict[str, Any] = {
-            "name": config.name,
-            "address": config.address,
-            "instance": config.instance,
-            "connected": False,
-            "mode": None,  # poll | cov (cov: some or all objects by subscription)
-            "read_multiple": None,
-            "max_apdu": None,
-            "requests_per_scan": None,
-            "cov_subscriptions": 0,
-            "last_error": None,
-            "last_good_read_ms": None,
-            "requests": 0,
-            "errors": 0,
-            "tags": len(self.names),
-        }
 
     @property
     def where(self) -> str:
@@ -68,7 +63,7 @@ class Device:
 
     async def scan(self) -> dict[str, Any]:
         """Values to deliver now: every polled object, and what COV notifications changed."""
-        if not self.names or time.monotonic() < self.retry_at:
+        if not self.names or self.waiting():
             return {}
         errors: list[str] = []
         try:
@@ -79,19 +74,14 @@ class Device:
                 if self.subscribed and time.monotonic() >= self.renew_at:
                     await self._subscribe(list(self.subscribed), errors)
         except DeviceSilent as exc:
-            self._failed(str(exc))
+            self.failed(str(exc))
             return {}
         except Refused as exc:  # the device object itself: wrong instance, or no such device
-            self._failed(f"its device object answers {exc}; check the instance number")
+            self.failed(f"its device object answers {exc}; check the instance number")
             return {}
         values.update(self.changed)
         self.changed = {}
-        self.failures = 0
-        self.state["connected"] = True
-        if values:
-            self.state["last_good_read_ms"] = int(time.time() * 1000)
-        self.state["last_error"] = "; ".join(errors) if errors else None
-        self.state["errors"] += len(errors)
+        self.answered(values, errors)
         return values
 
     async def _connect(self, errors: list[str]) -> dict[str, Any]:
@@ -181,14 +171,7 @@ class Device:
         if name is not None and oid in self.subscribed:
             self.changed[name] = value
 
-    def _failed(self, message: str) -> None:
-        self.ready = False
-        self.failures += 1
-        self.state["errors"] += 1
-        delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
-        self.retry_at = time.monotonic() + delay
-        self.state.update(
-            connected=False,
-            cov_subscriptions=0,
-            last_error=f"{message}; retrying in {delay:.1f} s",
-        )
+    def failed(self, message: str) -> float:
+        self.ready = False  # asked its capabilities and subscribed again when it answers
+        self.state["cov_subscriptions"] = 0
+        return super().failed(message)

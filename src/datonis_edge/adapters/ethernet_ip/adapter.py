@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ...logs import OnceLogger
-from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from ..base import Adapter, ReadingSink
+from ..devices import PolledDevice, device_state, poll, report_device, report_health
 from .config import EnipDevice, EthernetIpService
 from .reader import Reader, TagRead
 from .session import DeviceDown, Session
@@ -28,35 +28,28 @@ log = logging.getLogger(__name__)
 logging.getLogger("pylogix").setLevel(logging.CRITICAL)  # we report PLC errors ourselves
 
 
-class PlcDevice:
+class PlcDevice(PolledDevice):
     """One PLC: its session, its worker thread, its tags, its state in the status."""
 
     def __init__(self, config: EnipDevice, reads: list[TagRead], max_backoff_s: float) -> None:
+        route = config.route or ("none (Micro800)" if config.micro800 else f"1/{config.slot}")
+        state = device_state(
+            config.name,
+            f"{config.host}:{config.port}",
+            len(reads),
+            route=route,
+            connection_size=None,
+            requests_per_scan=None,  # CIP requests (one Multiple Service Packet is one)
+            tag_errors={},
+        )
+        super().__init__(state, max_backoff_s)
         self.config = config
         self.session = Session(config)
         self.reader = Reader(self.session, reads)
         self.tags = {r.name: r for r in reads}
-        self.max_backoff_s = max_backoff_s
-        self.failures = 0
-        self.retry_in = 0.0  # after a failure: how long until the next try
         self.failing_tags: set[str] = set()  # tags the PLC refused at the last read
         self._closed = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"enip-{config.name}")
-        route = config.route or ("none (Micro800)" if config.micro800 else f"1/{config.slot}")
-        self.state: dict[str, Any] = {
-            "name": config.name,
-            "address": f"{config.host}:{config.port}",
-            "route": route,
-            "connected": False,
-            "connection_size": None,
-            "last_error": None,
-            "last_good_read_ms": None,
-            "requests": 0,  # CIP requests (one Multiple Service Packet is one)
-            "requests_per_scan": None,
-            "errors": 0,
-            "tags": len(reads),
-            "tag_errors": {},
-        }
 
     @property
     def where(self) -> str:
@@ -67,6 +60,8 @@ class PlcDevice:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def read(self) -> dict[str, Any]:
+        if self.waiting():
+            return {}
         before = self.session.requests
         try:
             values, errors = await self.call(self.reader.read)
@@ -74,25 +69,16 @@ class PlcDevice:
             if not isinstance(exc, DeviceDown):
                 exc = DeviceDown(f"a reply the gateway cannot read ({exc!r}); reconnecting")
                 await self.call(self.session.close)
-            self.failures += 1
-            self.state["errors"] += 1
-            delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
-            self.state.update(connected=False, last_error=f"{exc}; retrying in {delay:.1f} s")
             self.state["requests"] += self.session.requests - before
-            self.retry_in = delay
+            self.failed(str(exc))
             return {}
-        self.failures, self.retry_in = 0, 0.0
         self.state.update(
-            connected=True,
             connection_size=self.session.connection_size,
             requests_per_scan=self.session.requests - before,
             tag_errors=errors,
-            last_error="; ".join(errors.values()) if errors else None,
         )
         self.state["requests"] += self.session.requests - before
-        self.state["errors"] += len(errors)
-        if values:
-            self.state["last_good_read_ms"] = int(time.time() * 1000)
+        self.answered(values, list(errors.values()))
         return values
 
     def disconnect(self) -> None:
@@ -138,38 +124,20 @@ class EthernetIpAdapter(Adapter):
                     d.disconnect()
 
     async def _scan(self, device: PlcDevice) -> None:
-        interval = self.config.scan_interval_ms / 1000
-        retry_at = 0.0
-        async for _ in ticks(interval):
-            if time.monotonic() < retry_at:
-                continue
-            values = await device.read()
-            retry_at = time.monotonic() + device.retry_in if device.retry_in else 0.0
-            self._report(device)
-            ts = int(time.time() * 1000)
-            readings = []
-            for thing_key, tags in self._things:
-                data = {tag: values[tag] for tag in tags if tag in values}
-                if data:
-                    readings.append(reading(thing_key, ts, data))
-            if readings:
-                try:
-                    await self.sink(readings)
-                except Rejected as exc:
-                    self.status.error(exc.reason)
+        await poll(
+            self.config.scan_interval_ms / 1000,
+            device.read,
+            lambda: self._report(device),
+            self._things,
+            self.sink,
+            self.status,
+        )
 
     def _report(self, device: PlcDevice) -> None:
         """One line when a PLC stops answering, one when it answers again (each on its own);
         the same for each tag the PLC refuses. The service is degraded while any PLC is down."""
         name, state = self.config.name, device.state
-        key = f"device:{device.config.name}"
-        if state["connected"]:
-            self._once.resolve(key, "services '%s': %s answers again", name, device.where)
-        else:
-            self._once.log(
-                key, "services '%s': %s does not answer: %s; %s", name, device.where,
-                state["last_error"], self.hint,
-            )  # fmt: skip
+        report_device(self._once, name, device, self.hint)
         if state["connected"]:  # (while it is down, its tags' last errors are stale)
             errors = state["tag_errors"]
             for tag, why in errors.items():
@@ -184,11 +152,7 @@ class EthernetIpAdapter(Adapter):
                     "services '%s': tag %s on %s reads again", name, tag, device.where,
                 )  # fmt: skip
             device.failing_tags = set(errors)
-        down = [d.config.name for d in self.devices if not d.state["connected"] and d.failures]
-        if down:
-            self.status.error(f"PLCs not answering: {', '.join(down)}", "degraded", announce=False)
-        else:
-            self.status.ok("running")
+        report_health(self.status, self.devices, "PLCs")
 
     # ------------------------------------------------------------------ writes (writer.py)
 

@@ -11,13 +11,13 @@ a backoff while the others keep being read; the status shows each unit.
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
 from pymodbus.exceptions import ModbusException
 
 from ..base import ReadingSink
+from ..devices import PolledDevice, device_state
 from ..modbus_tcp.adapter import ModbusTcpAdapter, read_groups
 from ..modbus_tcp.codec import ReadGroup
 from .config import ModbusRtuService, ModbusRtuUnit
@@ -25,55 +25,36 @@ from .line import Line, LineUnavailable
 from .writer import ModbusRtuWriter
 
 
-class _Unit:
+class _Unit(PolledDevice):
     """One unit on the line: its groups, its backoff and its status entry."""
 
     def __init__(
         self, config: ModbusRtuUnit, line: Line, groups: list[ReadGroup], max_backoff_s: float
     ) -> None:
+        tags = sum(len(g.tags) for g in groups)
+        state = device_state(config.name, line.config.port, tags, unit_id=config.unit_id)
+        super().__init__(state, max_backoff_s)
         self.config = config
         self.line = line
         self.groups = groups
-        self.max_backoff_s = max_backoff_s
-        self.failures = 0
-        self.retry_at = 0.0
-        self.state: dict[str, Any] = {
-            "name": config.name,
-            "address": line.config.port,
-            "unit_id": config.unit_id,
-            "connected": False,
-            "last_error": None,
-            "last_good_read_ms": None,
-            "requests": 0,
-            "errors": 0,
-            "tags": sum(len(g.tags) for g in groups),
-        }
 
-    async def read(self) -> tuple[dict[str, Any], list[str]]:
-        if time.monotonic() < self.retry_at or not self.groups:
-            return {}, []
+    @property
+    def where(self) -> str:
+        return f"device {self.config.name} at {self.state['address']} (unit {self.config.unit_id})"
+
+    async def read(self) -> dict[str, Any]:
+        if self.waiting() or not self.groups:
+            return {}
         values: dict[str, Any] = {}
         try:
             async with self.line.lock:  # one request on the wire at a time
                 client = await self.line.client()
                 errors = await read_groups(client, self.groups, self.state, values)
         except (ModbusException, LineUnavailable, OSError, TimeoutError) as exc:
-            self._failed(str(exc) or exc.__class__.__name__)
-            return values, []
-        self.failures = 0
-        self.state["connected"] = True
-        if values:
-            self.state["last_good_read_ms"] = int(time.time() * 1000)
-        self.state["last_error"] = "; ".join(errors) if errors else None
-        self.state["errors"] += len(errors)
-        return values, errors
-
-    def _failed(self, message: str) -> None:
-        self.failures += 1
-        self.state["errors"] += 1
-        delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
-        self.retry_at = time.monotonic() + delay
-        self.state.update(connected=False, last_error=f"{message}; retrying in {delay:.1f} s")
+            self.failed(str(exc) or exc.__class__.__name__)
+            return values
+        self.answered(values, errors)
+        return values
 
     def close(self) -> None:
         """The line is the adapter's to close, not a unit's."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from ...logs import OnceLogger
-from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from ..base import Adapter, ReadingSink
+from ..devices import PolledDevice, device_state, poll, readings_for, report_device, report_health
 from .codec import ReadGroup, plan_reads
 from .config import ModbusDevice, ModbusTcpService
 from .writer import ModbusWriter
@@ -63,24 +63,19 @@ async def read_groups(
     return errors
 
 
-class _Device:
+class _Device(PolledDevice):
     def __init__(self, config: ModbusDevice, groups: list[ReadGroup], max_backoff_s: float) -> None:
+        tags = sum(len(g.tags) for g in groups)
+        super().__init__(
+            device_state(config.name, f"{config.host}:{config.port}", tags), max_backoff_s
+        )
         self.config = config
         self.groups = groups
         self.client: AsyncModbusTcpClient | None = None
-        self.max_backoff_s = max_backoff_s
-        self.failures = 0
-        self.retry_at = 0.0
-        self.state: dict[str, Any] = {
-            "name": config.name,
-            "address": f"{config.host}:{config.port}",
-            "connected": False,
-            "last_error": None,
-            "last_good_read_ms": None,
-            "requests": 0,
-            "errors": 0,  # failed reads: the device did not answer, or answered an exception
-            "tags": sum(len(g.tags) for g in groups),
-        }
+
+    @property
+    def where(self) -> str:
+        return f"device {self.config.name} at {self.state['address']} (unit {self.config.unit_id})"
 
     async def _connect(self) -> AsyncModbusTcpClient:
         if self.client is not None and self.client.connected:
@@ -98,34 +93,25 @@ class _Device:
             raise DeviceUnreachable(f"cannot connect to {self.config.host}:{self.config.port}")
         return self.client
 
-    async def read(self) -> tuple[dict[str, Any], list[str]]:
-        """Read every group; returns the tag values and the errors of groups that failed."""
-        if time.monotonic() < self.retry_at:
-            return {}, []
+    async def read(self) -> dict[str, Any]:
+        """Every group's tag values (a group the device refused is named in last_error)."""
+        if self.waiting():
+            return {}
         values: dict[str, Any] = {}
         try:
             client = await self._connect()
             errors = await read_groups(client, self.groups, self.state, values)
         except (ModbusException, DeviceUnreachable, OSError, TimeoutError) as exc:
-            self._failed(str(exc) or exc.__class__.__name__)
-            return values, []
-        self.failures = 0
-        self.state["connected"] = True
-        if values:
-            self.state["last_good_read_ms"] = int(time.time() * 1000)
-        self.state["last_error"] = "; ".join(errors) if errors else None
-        self.state["errors"] += len(errors)
-        return values, errors
+            self.failed(str(exc) or exc.__class__.__name__)
+            return values
+        self.answered(values, errors)
+        return values
 
-    def _failed(self, message: str) -> None:
-        self.failures += 1
-        self.state["errors"] += 1
-        delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
-        self.retry_at = time.monotonic() + delay
-        self.state.update(connected=False, last_error=f"{message}; retrying in {delay:.1f} s")
+    def failed(self, message: str) -> float:
         if self.client is not None:
             self.client.close()
             self.client = None
+        return super().failed(message)
 
     def close(self) -> None:
         if self.client is not None:
@@ -160,56 +146,32 @@ class ModbusTcpAdapter(Adapter):
     def _new_writer(self) -> ModbusWriter:
         return ModbusWriter(self.config)
 
-    async def scan(self) -> list[dict[str, Any]]:
-        results = await asyncio.gather(*(d.read() for d in self.devices))
+    async def _read_all(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for device_values, _ in results:
+        for device_values in await asyncio.gather(*(d.read() for d in self.devices)):
             values.update(device_values)
-        ts = int(time.time() * 1000)
-        out = []
-        for thing_key, tags in self._things:
-            data = {tag: values[tag] for tag in tags if tag in values}
-            if data:
-                out.append(reading(thing_key, ts, data))
-        return out
+        return values
+
+    async def scan(self) -> list[dict[str, Any]]:
+        """One read of every device (concurrently): a reading for each thing."""
+        return readings_for(self._things, await self._read_all())
 
     def _report_devices(self) -> None:
-        """One line when a device stops answering (each device on its own), one when it
-        answers again; the service is degraded while any is down."""
-        down = []
         for d in self.devices:
-            key = f"device:{d.config.name}"
-            where = f"device {d.config.name} at {d.state['address']} (unit {d.config.unit_id})"
-            if d.state["connected"]:
-                self._once.resolve(key, "services '%s': %s answers again", self.config.name, where)
-                continue
-            down.append(d.config.name)
-            self._once.log(
-                key,
-                "services '%s': %s does not answer: %s; %s",
-                self.config.name,
-                where,
-                d.state["last_error"],
-                self.hint,
-            )
-        if down:
-            self.status.error(
-                f"devices not answering: {', '.join(down)}", "degraded", announce=False
-            )
-        else:
-            self.status.ok("running")
+            report_device(self._once, self.config.name, d, self.hint)
+        report_health(self.status, self.devices)
 
     async def run(self) -> None:
         self.status.state = "running"
         try:
-            async for _ in ticks(self.config.scan_interval_ms / 1000):
-                readings = await self.scan()
-                self._report_devices()
-                if readings:
-                    try:
-                        await self.sink(readings)
-                    except Rejected as exc:
-                        self.status.error(exc.reason)
+            await poll(
+                self.config.scan_interval_ms / 1000,
+                self._read_all,
+                self._report_devices,
+                self._things,
+                self.sink,
+                self.status,
+            )
         finally:
             for d in self.devices:
                 with contextlib.suppress(Exception):

@@ -21,6 +21,7 @@ import aiohttp
 
 from ...logs import OnceLogger
 from ..base import Adapter, ReadingSink, Rejected, ValueRefused, WriteFailed, reading
+from ..devices import backoff_s, report_device, report_health
 from .client import AgentClient, AgentUnreachable
 from .config import READ_ONLY, MtconnectService
 from .documents import BadDocument, DataItem, Observation
@@ -93,20 +94,18 @@ class MtconnectAdapter(Adapter):
             except asyncio.CancelledError:
                 raise
             except (AgentUnreachable, BadDocument) as exc:
-                failures += 1
-                delay = min(self.config.retry_max_backoff_ms / 1000, 0.5 * 2 ** (failures - 1))
+                # the backoff starts again after a good read
+                failures = 1 if follower.state["connected"] else failures + 1
+                delay = backoff_s(failures, self.config.retry_max_backoff_ms / 1000)
                 follower.state["errors"] += 1
                 follower.state.update(
                     connected=False, last_error=f"{exc}; retrying in {delay:.1f} s"
                 )
                 self._report()
                 await asyncio.sleep(delay)
-                continue
             except Rejected as exc:  # not stored: the position did not move, read it again
                 self.status.error(exc.reason)
                 await asyncio.sleep(1.0)
-                continue
-            failures = 0
 
     async def _deliver(self, follower: Follower, observations: list[Observation]) -> None:
         routes = self._routes.get(follower.agent.name, {})
@@ -200,27 +199,9 @@ class MtconnectAdapter(Adapter):
     def _report(self) -> None:
         """One line when an agent stops answering (each on its own), one when it answers
         again; the service is degraded while any is down."""
-        down = []
         for f in self.followers:
-            key = f"agent:{f.agent.name}"
-            where = f"agent {f.agent.name} at {f.state['url']}"
-            if f.state["connected"]:
-                self._once.resolve(key, "services '%s': %s answers again", self.config.name, where)
-                continue
-            if f.state["last_error"] is None:
-                continue  # not asked yet
-            down.append(f.agent.name)
-            self._once.log(
-                key,
-                "services '%s': %s does not answer: %s; %s",
-                self.config.name, where, f.state["last_error"], self.hint,
-            )  # fmt: skip
-        if down:
-            self.status.error(
-                f"agents not answering: {', '.join(down)}", "degraded", announce=False
-            )
-        else:
-            self.status.ok("running")
+            report_device(self._once, self.config.name, f, self.hint)
+        report_health(self.status, self.followers, "agents")
 
     # ------------------------------------------------------------------ writes
 

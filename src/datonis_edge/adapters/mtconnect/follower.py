@@ -85,6 +85,10 @@ class Follower:
             "agent_restarts": 0,
         }
 
+    @property
+    def where(self) -> str:
+        return f"agent {self.agent.name} at {self.state['url']}"
+
     async def follow(self) -> None:
         """Read the agent until cancelled; raises on any fault (the caller backs off and calls
         again: the position, and a restart or overrun still being handled, are kept, so

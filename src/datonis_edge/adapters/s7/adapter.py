@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from ...logs import OnceLogger
-from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from ..base import Adapter, ReadingSink
+from ..devices import PolledDevice, device_state, poll, report_device, report_health
 from .codec import Block, Request, TagRead, plan_blocks, plan_requests
 from .config import S7Device, S7Service
 from .link import ItemRefused, LinkDown, S7Link
@@ -27,27 +27,20 @@ from .writer import S7Writer
 log = logging.getLogger(__name__)
 
 
-class _Plc:
+class _Plc(PolledDevice):
     def __init__(self, config: S7Device, blocks: list[Block], max_backoff_s: float) -> None:
+        tags = sum(len(b.tags) for b in blocks)
+        address = f"{config.host}:{config.port}"
+        state = device_state(config.name, address, tags, pdu_size=None, requests_per_scan=None)
+        super().__init__(state, max_backoff_s)
         self.config = config
         self.link = S7Link(config)
         self.blocks = blocks
         self.requests: list[Request] = []
-        self.max_backoff_s = max_backoff_s
-        self.failures = 0
-        self.retry_at = 0.0
-        self.state: dict[str, Any] = {
-            "name": config.name,
-            "address": f"{config.host}:{config.port}",
-            "connected": False,
-            "pdu_size": None,
-            "requests_per_scan": None,
-            "last_error": None,
-            "last_good_read_ms": None,
-            "requests": 0,
-            "errors": 0,  # failed reads: the PLC did not answer, or refused a variable
-            "tags": sum(len(b.tags) for b in blocks),
-        }
+
+    @property
+    def where(self) -> str:
+        return self.link.where
 
     async def _connect(self) -> None:
         if self.link.connected:
@@ -59,7 +52,7 @@ class _Plc:
 
     async def read(self) -> dict[str, Any]:
         """Every tag's value; tags of a refused variable are left out (named in last_error)."""
-        if not self.blocks or time.monotonic() < self.retry_at:
+        if not self.blocks or self.waiting():
             return {}
         values: dict[str, Any] = {}
         refused: dict[int, str] = {}  # id(block) -> why
@@ -81,7 +74,7 @@ class _Plc:
                     at = item.start - block.start
                     block.data[at : at + item.length] = answer
         except LinkDown as exc:
-            self._failed(str(exc))
+            self.failed(str(exc))
             return {}
         errors = []
         for block in self.blocks:
@@ -91,20 +84,8 @@ class _Plc:
                 errors.append(f"{names}{more}: {refused[id(block)]}")
             else:
                 values.update(block.values())
-        self.failures = 0
-        self.state["connected"] = True
-        if values:
-            self.state["last_good_read_ms"] = int(time.time() * 1000)
-        self.state["last_error"] = "; ".join(errors) if errors else None
-        self.state["errors"] += len(errors)
+        self.answered(values, errors)
         return values
-
-    def _failed(self, message: str) -> None:
-        self.failures += 1
-        self.state["errors"] += 1
-        delay = min(self.max_backoff_s, 0.5 * 2 ** (self.failures - 1))
-        self.retry_at = time.monotonic() + delay
-        self.state.update(connected=False, last_error=f"{message}; retrying in {delay:.1f} s")
 
 
 class S7Adapter(Adapter):
@@ -129,29 +110,19 @@ class S7Adapter(Adapter):
         self._once = OnceLogger(log)
         self._writer = S7Writer(config)
 
-    async def scan(self, plc: _Plc) -> list[dict[str, Any]]:
-        """One PLC read: a reading for each thing with tags on it (a thing whose tags are
-        on several PLCs gets one reading from each)."""
+    async def _read(self, plc: _Plc) -> dict[str, Any]:
         values = await plc.read()
-        ts = int(time.time() * 1000)
         self.status.details["requests_per_scan"] = sum(
             p.state["requests_per_scan"] or 0 for p in self.plcs
         )
-        out = []
-        for thing_key, tags in self._things:
-            data = {tag: values[tag] for tag in tags if tag in values}
-            if data:
-                out.append(reading(thing_key, ts, data))
-        return out
+        return values
 
     def _report(self, plc: _Plc) -> None:
         """One line when a PLC stops answering, or refuses variables, and one when that
         ends (each PLC on its own); the service is degraded while any PLC is down."""
-        name, where = plc.config.name, plc.link.where
+        report_device(self._once, self.config.name, plc, self.hint)
+        name, where = plc.config.name, plc.where
         if plc.state["connected"]:
-            self._once.resolve(
-                f"device:{name}", "services '%s': %s answers again", self.config.name, where
-            )
             if plc.state["last_error"]:
                 self._once.log(
                     f"refused:{name}",
@@ -168,22 +139,7 @@ class S7Adapter(Adapter):
                     self.config.name,
                     where,
                 )
-        elif plc.state["last_error"] is not None:  # tried, and did not answer
-            self._once.log(
-                f"device:{name}",
-                "services '%s': %s does not answer: %s; %s",
-                self.config.name,
-                where,
-                plc.state["last_error"],
-                self.hint,
-            )
-        down = [
-            p.config.name for p in self.plcs if not p.state["connected"] and p.state["last_error"]
-        ]
-        if down:
-            self.status.error(f"PLCs not answering: {', '.join(down)}", "degraded", announce=False)
-        else:
-            self.status.ok("running")
+        report_health(self.status, self.plcs, "PLCs")
 
     async def run(self) -> None:
         self.status.state = "running"
@@ -195,14 +151,14 @@ class S7Adapter(Adapter):
                 await p.link.close()
 
     async def _poll(self, plc: _Plc) -> None:
-        async for _ in ticks(self.config.scan_interval_ms / 1000):
-            readings = await self.scan(plc)
-            self._report(plc)
-            if readings:
-                try:
-                    await self.sink(readings)
-                except Rejected as exc:
-                    self.status.error(exc.reason)
+        await poll(
+            self.config.scan_interval_ms / 1000,
+            lambda: self._read(plc),
+            lambda: self._report(plc),
+            self._things,
+            self.sink,
+            self.status,
+        )
 
     # ------------------------------------------------------------------ writes (writer.py)
 
