@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -144,6 +145,18 @@ def check_instruction_targets(service_type: str, tags: list[Any] | None, things:
                     raise ValueError(
                         f"{where}.writes[{wi}].tag: '{write.tag}' is {kind}, which is read "
                         "only; write a holding register or a coil"
+                    )
+
+
+def check_no_writes_to(things: list[Any], tags: Collection[str], why: str) -> None:
+    """No instruction writes one of `tags` (inputs the device itself sets); the error says
+    the tag "is `why`", which should name what to write instead."""
+    for ti, thing in enumerate(things):
+        for ri, rule in enumerate(getattr(thing, "instructions", [])):
+            for wi, write in enumerate(rule.writes):
+                if write.tag in tags:
+                    raise ValueError(
+                        f"things[{ti}].instructions[{ri}].writes[{wi}].tag: '{write.tag}' is {why}"
                     )
 
 

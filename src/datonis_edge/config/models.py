@@ -3,6 +3,7 @@ keys of a service and of a listener, the tag cross-check. Imports no protocol.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -215,3 +216,25 @@ def check_tag_references(tags: list[Any], things: list[ThingConfig]) -> set[str]
                         f"things[{ti}].metrics[{mi}].inputs[{ii}]: '{name}' is neither a metric of this thing nor a tag"
                     )
     return seen
+
+
+def check_tag_sources(
+    tags: list[Any], sources: Sequence[Any], things: list[ThingConfig], field: str = "device"
+) -> dict[str, Any]:
+    """What every protocol with several devices (or agents) checks: their names unique,
+    the tags' references (check_tag_references), and each tag's `field` naming one of them (a
+    tag that names none is on the first). Returns the sources by name."""
+    by_name = {s.name: s for s in sources}
+    plural = f"{field}s"
+    if len(by_name) != len(sources):
+        raise ValueError(f"{plural}: two {plural} have the same name; names must be unique")
+    check_tag_references(tags, things)
+    for i, tag in enumerate(tags):
+        name = getattr(tag, field)
+        if not name:
+            setattr(tag, field, sources[0].name)
+        elif name not in by_name:
+            raise ValueError(
+                f"tags[{i}].{field}: no {field} named '{name}' ({plural}: {', '.join(by_name)})"
+            )
+    return by_name

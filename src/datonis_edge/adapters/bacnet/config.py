@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 
-from ...config.models import Base, ServiceBase, check_tag_references
+from ...config.instructions import check_no_writes_to
+from ...config.models import Base, ServiceBase, check_tag_sources
 from .objects import MAX_INSTANCE, ObjectId, parse_object_id
 
 DEFAULT_PORT = 47808  # 0xBAC0
@@ -111,32 +112,18 @@ class BacnetService(ServiceBase):
                 "local_address: give this gateway's BACnet/IP address and network prefix, like "
                 "10.0.3.5/24 (port 47808 by default); it binds and broadcasts only there"
             )
-        devices = {d.name: d for d in self.devices}
-        if len(devices) != len(self.devices):
-            raise ValueError("devices: two devices have the same name; names must be unique")
-        check_tag_references(self.tags, self.things)
+        check_tag_sources(self.tags, self.devices, self.things)
         seen: dict[tuple[str, Any], str] = {}
         for i, tag in enumerate(self.tags):
-            if not tag.device:
-                tag.device = self.devices[0].name
-            elif tag.device not in devices:
-                raise ValueError(
-                    f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(devices)})"
-                )
             key = (tag.device, tag.object_id)
             if key in seen:
                 raise ValueError(
                     f"tags[{i}].object: {tag.object_id} of {tag.device} is already tag '{seen[key]}'"
                 )
             seen[key] = tag.name
-        inputs = {t.name for t in self.tags if t.object_id.is_input}
-        for ti, thing in enumerate(self.things):
-            for ri, rule in enumerate(thing.instructions):
-                for wi, write in enumerate(rule.writes):
-                    if write.tag in inputs:
-                        raise ValueError(
-                            f"things[{ti}].instructions[{ri}].writes[{wi}].tag: '{write.tag}' is "
-                            "an input object, whose present-value the device sets; write an "
-                            "output or value object"
-                        )
+        check_no_writes_to(
+            self.things,
+            {t.name for t in self.tags if t.object_id.is_input},
+            "an input object, whose present-value the device sets; write an output or value object",
+        )
         return self

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from ...config.models import Base, ServiceBase, check_tag_references
+from ...config.models import Base, ServiceBase, check_tag_sources
 from .tagpath import TagAddress, parse
 
 ROUTE_EXAMPLE = "write it like 1/0 (backplane, slot 0) or 2/10.0.3.40/1/0 (out of port 2 to 10.0.3.40, then slot 0)"
@@ -87,20 +87,10 @@ class EthernetIpService(ServiceBase):
 
     @model_validator(mode="after")
     def _references(self) -> EthernetIpService:
-        devices = {d.name: d for d in self.devices}
-        if len(devices) != len(self.devices):
-            raise ValueError("devices: two devices have the same name; names must be unique")
         for i, d in enumerate(self.devices):
             if d.micro800 and d.route:
                 raise ValueError(
                     f"devices[{i}].route: a Micro800 takes no route; remove route or micro800"
                 )
-        check_tag_references(self.tags, self.things)
-        for i, tag in enumerate(self.tags):
-            if not tag.device:
-                tag.device = self.devices[0].name
-            elif tag.device not in devices:
-                raise ValueError(
-                    f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(devices)})"
-                )
+        check_tag_sources(self.tags, self.devices, self.things)
         return self

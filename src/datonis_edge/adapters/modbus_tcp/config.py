@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
-from ...config.models import Base, ServiceBase, check_tag_references
+from ...config.models import Base, ServiceBase, check_tag_sources
 from .codec import TagSpec
 from .vocabulary import DATA_TYPES, ENDIANS, REGISTER_KINDS, REGISTERS_NEEDED, normalize
 
@@ -123,16 +123,7 @@ class _HasUnit(Protocol):
 def settle_tags(devices: Sequence[_HasUnit], tags: list[TagSpec], things: list[Any]) -> None:
     """Check the tags' devices and things, and give each tag its device and unit_id (the
     service's first device, the device's unit_id, when it names none). Shared by modbus_rtu."""
-    by_name = {d.name: d for d in devices}
-    if len(by_name) != len(devices):
-        raise ValueError("devices: two devices have the same name; names must be unique")
-    check_tag_references(tags, things)
-    for i, tag in enumerate(tags):
-        if not tag.device:
-            tag.device = devices[0].name
-        elif tag.device not in by_name:
-            raise ValueError(
-                f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(by_name)})"
-            )
+    by_name = check_tag_sources(tags, devices, things)
+    for tag in tags:
         if tag.unit_id is None:
             tag.unit_id = by_name[tag.device].unit_id

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from ...config.models import Base, ServiceBase, check_tag_references
+from ...config.models import Base, ServiceBase, check_tag_sources
 
 READ_ONLY = (
     "MTConnect agents are read-only: an agent reports what a machine does and takes no "
@@ -69,15 +69,5 @@ class MtconnectService(ServiceBase):
 
     @model_validator(mode="after")
     def _references(self) -> MtconnectService:
-        agents = {a.name for a in self.agents}
-        if len(agents) != len(self.agents):
-            raise ValueError("agents: two agents have the same name; names must be unique")
-        check_tag_references(self.tags, self.things)
-        for i, tag in enumerate(self.tags):
-            if not tag.agent:
-                tag.agent = self.agents[0].name
-            elif tag.agent not in agents:
-                raise ValueError(
-                    f"tags[{i}].agent: no agent named '{tag.agent}' (agents: {', '.join(sorted(agents))})"
-                )
+        check_tag_sources(self.tags, self.agents, self.things, field="agent")
         return self

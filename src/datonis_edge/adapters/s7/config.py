@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 
-from ...config.models import Base, ServiceBase, check_tag_references
+from ...config.instructions import check_no_writes_to
+from ...config.models import Base, ServiceBase, check_tag_sources
 from .address import S7Address, parse_address, spelled_address
 
 CONNECTION_TYPES = {"PG": 1, "OP": 2, "S7_BASIC": 3}
@@ -138,31 +139,10 @@ class S7Service(ServiceBase):
 
     @model_validator(mode="after")
     def _references(self) -> S7Service:
-        devices = {d.name: d for d in self.devices}
-        if len(devices) != len(self.devices):
-            raise ValueError("devices: two devices have the same name; names must be unique")
-        check_tag_references(self.tags, self.things)
-        names: set[str] = set()
-        for i, tag in enumerate(self.tags):
-            if tag.name in names:
-                raise ValueError(
-                    f"tags[{i}].name: '{tag.name}' is used twice; tag names must be unique"
-                )
-            names.add(tag.name)
-            if not tag.device:
-                tag.device = self.devices[0].name
-            elif tag.device not in devices:
-                raise ValueError(
-                    f"tags[{i}].device: no device named '{tag.device}' (devices: {', '.join(devices)})"
-                )
-        inputs = {t.name for t in self.tags if t.s7.area == "I"}
-        for ti, thing in enumerate(self.things):
-            for ri, rule in enumerate(thing.instructions):
-                for wi, write in enumerate(rule.writes):
-                    if write.tag in inputs:
-                        raise ValueError(
-                            f"things[{ti}].instructions[{ri}].writes[{wi}].tag: '{write.tag}' is "
-                            "an input (I area), which the PLC overwrites every cycle; write a "
-                            "Q, M or DB address"
-                        )
+        check_tag_sources(self.tags, self.devices, self.things)
+        check_no_writes_to(
+            self.things,
+            {t.name for t in self.tags if t.s7.area == "I"},
+            "an input (I area), which the PLC overwrites every cycle; write a Q, M or DB address",
+        )
         return self
