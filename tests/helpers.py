@@ -359,6 +359,70 @@ class Gateway:
         )
 
 
+def good_and_flaky(
+    service: dict[str, Any],
+    good: dict[str, Any],
+    flaky: dict[str, Any],
+    a: dict[str, Any],
+    b: dict[str, Any],
+) -> dict[str, Any]:
+    """A service polling device "good" (tag a, thing m1) and device "flaky" (tag b, thing m2)
+    every 100 ms, backing off at most 500 ms: the shape silence_one_device() checks."""
+    return {
+        "name": "line",
+        "scan_interval_ms": 100,
+        "retry_max_backoff_ms": 500,
+        **service,
+        "devices": [{"name": "good", **good}, {"name": "flaky", **flaky}],
+        "tags": [{"name": "a", "device": "good", **a}, {"name": "b", "device": "flaky", **b}],
+        "things": [
+            {"thing_key": "m1", "metrics": [{"name": "a", "tag": "a"}]},
+            {"thing_key": "m2", "metrics": [{"name": "b", "tag": "b"}]},
+        ],
+    }
+
+
+def silence_one_device(
+    gw: Gateway, platform: PlatformSim, flaky: Proc, good_scans: int = 5, timeout: float = 20.0
+) -> dict[str, dict[str, Any]]:
+    """What every polling adapter promises of a device that stops answering (a good_and_flaky
+    service): silenced (SIGSTOP: alive, its requests time out), "flaky" is shown down and the
+    service degraded, while "good" keeps delivering at its own pace (`good_scans` readings
+    within `timeout` s) and "flaky" delivers at most a read already under way; revived, it
+    delivers again, the service runs again, and the log said "does not answer" and "answers
+    again" once each. Returns the devices' status entries, by name, while "flaky" was down."""
+
+    def count(thing_key: str, events: list[dict[str, Any]] | None = None) -> int:
+        return sum(
+            1
+            for e in (platform.events() if events is None else events)
+            if e["thing_key"] == thing_key
+        )
+
+    wait_until(lambda: count("m1") and count("m2"), what="both devices delivering")
+    flaky.signal(signal.SIGSTOP)
+    svc = wait_until(
+        lambda: (s := gw.status()["services"][0])["state"] == "degraded" and s,
+        what="the silent device reported down",
+    )
+    devices = {d["name"]: d for d in svc["details"]["devices"]}
+    assert devices["flaky"]["connected"] is False and devices["flaky"]["last_error"]
+    assert devices["good"]["connected"] is True
+    seen = len(platform.events())
+    m1_before = count("m1")
+    wait_until(
+        lambda: count("m1") >= m1_before + good_scans, timeout, "the good device keeps going"
+    )
+    assert count("m2", platform.events()[seen:]) <= 1  # at most a read already under way
+    flaky.signal(signal.SIGCONT)
+    m2_before = count("m2")
+    wait_until(lambda: count("m2") > m2_before + 2, 30, "the silent device resumes")
+    wait_until(lambda: gw.status()["services"][0]["state"] == "running", what="healthy again")
+    log = gw.proc.log() if gw.proc else ""
+    assert log.count("does not answer") == 1 and log.count("answers again") == 1
+    return devices
+
+
 class ModbusServer:
     """tests/servers/modbus_server.py in its own process (SIGSTOP makes it a dead device)."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from datonis_edge.adapters.bacnet.objects import ObjectId, objects_per_request, parse_object_id
-from helpers import Proc, base_config, wait_until
+from helpers import Proc, base_config, good_and_flaky, silence_one_device, wait_until
 
 SERVER = Path(__file__).parent / "servers" / "bacnet_device.py"
 
@@ -268,61 +268,19 @@ def test_a_device_that_stops_answering_affects_only_its_own_tags(
     try:
         config = base_config(platform)
         config["services"] = [
-            {
-                "name": "floor",
-                "type": "bacnet",
-                "scan_interval_ms": 100,
-                "local_address": f"127.0.0.1/8:{free_udp_port()}",
-                "timeout_ms": 300,
-                "retries": 0,
-                "retry_max_backoff_ms": 500,
-                "devices": [
-                    {"name": "good", "address": good.address(), "instance": 11, "cov": False},
-                    {"name": "flaky", "address": flaky.address(), "instance": 22, "cov": False},
-                ],
-                "tags": [
-                    {"name": "a", "device": "good", "object": "AI:1"},
-                    {"name": "b", "device": "flaky", "object": "AI:1"},
-                ],
-                "things": [
-                    {"thing_key": "m1", "metrics": [{"name": "a", "tag": "a"}]},
-                    {"thing_key": "m2", "metrics": [{"name": "b", "tag": "b"}]},
-                ],
-            }
-        ]
+            good_and_flaky(
+                {"type": "bacnet", "local_address": f"127.0.0.1/8:{free_udp_port()}",
+                 "timeout_ms": 300, "retries": 0},
+                {"address": good.address(), "instance": 11, "cov": False},
+                {"address": flaky.address(), "instance": 22, "cov": False},
+                {"object": "AI:1"},
+                {"object": "AI:1"},
+            )
+        ]  # fmt: skip
         gw = gateway_factory(config).start()
-        wait_until(
-            lambda: {e["thing_key"] for e in platform.events()} == {"m1", "m2"},
-            what="both devices delivering",
-        )
-        flaky.proc.signal(signal.SIGSTOP)
-        svc = wait_until(
-            lambda: (s := gw.status()["services"][0])["state"] == "degraded" and s,
-            what="device reported down",
-        )
-        states = {d["name"]: d for d in svc["details"]["devices"]}
-        assert states["flaky"]["connected"] is False
-        assert "no answer within 300 ms" in states["flaky"]["last_error"]
-        assert states["good"]["connected"] is True
-        seen = len(platform.events())
-        m1_before = sum(1 for e in platform.events() if e["thing_key"] == "m1")
-        wait_until(
-            lambda: sum(1 for e in platform.events() if e["thing_key"] == "m1") >= m1_before + 10,
-            timeout=4,
-            what="the good device keeps its 100 ms scans",
-        )
-        assert sum(1 for e in platform.events()[seen:] if e["thing_key"] == "m2") <= 1
-        flaky.proc.signal(signal.SIGCONT)
-        m2_before = sum(1 for e in platform.events() if e["thing_key"] == "m2")
-        wait_until(
-            lambda: sum(1 for e in platform.events() if e["thing_key"] == "m2") > m2_before + 2,
-            timeout=30,
-            what="the silent device resumes",
-        )
+        devices = silence_one_device(gw, platform, flaky.proc, good_scans=10, timeout=4)
+        assert "no answer within 300 ms" in devices["flaky"]["last_error"]
         assert all(e["data"] == {"b": 2.5} for e in platform.events() if e["thing_key"] == "m2")
-        wait_until(lambda: gw.status()["services"][0]["state"] == "running", what="healthy again")
-        log = gw.proc.log() if gw.proc else ""
-        assert log.count("does not answer") == 1 and log.count("answers again") == 1
     finally:
         good.stop()
         flaky.stop()

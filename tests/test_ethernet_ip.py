@@ -19,7 +19,15 @@ from pylogix import PLC
 from datonis_edge.adapters.ethernet_ip import codec
 from datonis_edge.adapters.ethernet_ip.reader import TagRead, plan
 from datonis_edge.adapters.ethernet_ip.tagpath import parse
-from helpers import Proc, base_config, free_port, wait_port, wait_until
+from helpers import (
+    Proc,
+    base_config,
+    free_port,
+    good_and_flaky,
+    silence_one_device,
+    wait_port,
+    wait_until,
+)
 
 SERVER = Path(__file__).parent / "servers" / "enip_server.py"
 
@@ -295,54 +303,18 @@ def test_a_plc_that_stops_answering_affects_only_its_own_tags(
     flaky.seed("B=(DINT)22")
     config = base_config(platform)
     config["services"] = [
-        {
-            "name": "line",
-            "type": "ethernet_ip",
-            "scan_interval_ms": 100,
-            "retry_max_backoff_ms": 500,
-            "devices": [
-                {"name": "good", "host": "127.0.0.1", "port": good.port, "timeout_ms": 5000},
-                {"name": "flaky", "host": "127.0.0.1", "port": flaky.port, "timeout_ms": 1000},
-            ],
-            "tags": [
-                {"name": "a", "device": "good", "address": "A"},
-                {"name": "b", "device": "flaky", "address": "B"},
-            ],
-            "things": [
-                {"thing_key": "m1", "metrics": [{"name": "a", "tag": "a"}]},
-                {"thing_key": "m2", "metrics": [{"name": "b", "tag": "b"}]},
-            ],
-        }
+        good_and_flaky(
+            {"type": "ethernet_ip"},
+            {"host": "127.0.0.1", "port": good.port, "timeout_ms": 5000},
+            {"host": "127.0.0.1", "port": flaky.port, "timeout_ms": 1000},
+            {"address": "A"},
+            {"address": "B"},
+        )
     ]
     gw = gateway_factory(config).start()
-    wait_until(lambda: {e["thing_key"] for e in platform.events()} == {"m1", "m2"}, what="both")
-    flaky.proc.signal(signal.SIGSTOP)  # alive but silent: requests time out
-    svc = wait_until(
-        lambda: (s := gw.status()["services"][0])["state"] == "degraded" and s,
-        what="PLC reported down",
-    )
-    devices = {d["name"]: d for d in svc["details"]["devices"]}
-    assert (
-        devices["flaky"]["connected"] is False and "retrying in" in devices["flaky"]["last_error"]
-    )
-    assert devices["good"]["connected"] is True
-    seen = len(platform.events())
-    m1_before = sum(1 for e in platform.events() if e["thing_key"] == "m1")
     # the good PLC keeps its pace: 10 scans of 100 ms while the other times out (1 s each)
-    wait_until(
-        lambda: sum(1 for e in platform.events() if e["thing_key"] == "m1") >= m1_before + 10,
-        timeout=5, what="the good PLC keeps going",
-    )  # fmt: skip
-    assert len([e for e in platform.events()[seen:] if e["thing_key"] == "m2"]) <= 1
-    flaky.proc.signal(signal.SIGCONT)
-    m2_before = sum(1 for e in platform.events() if e["thing_key"] == "m2")
-    wait_until(
-        lambda: sum(1 for e in platform.events() if e["thing_key"] == "m2") > m2_before + 2,
-        timeout=30, what="the flaky PLC resumes",
-    )  # fmt: skip
-    wait_until(lambda: gw.status()["services"][0]["state"] == "running", what="healthy again")
-    log = gw.proc.log()
-    assert log.count("does not answer") == 1 and log.count("answers again") == 1
+    devices = silence_one_device(gw, platform, flaky.proc, good_scans=10, timeout=5)
+    assert "retrying in" in devices["flaky"]["last_error"]
 
 
 def test_slot_and_route_become_the_forward_open_path() -> None:

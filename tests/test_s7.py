@@ -16,7 +16,15 @@ import pytest
 
 from datonis_edge.adapters.s7.address import parse_address, spelled_address
 from datonis_edge.adapters.s7.codec import TagRead, plan_blocks, plan_requests
-from helpers import Proc, base_config, free_port, wait_port, wait_until
+from helpers import (
+    Proc,
+    base_config,
+    free_port,
+    good_and_flaky,
+    silence_one_device,
+    wait_port,
+    wait_until,
+)
 
 SERVER = Path(__file__).parent / "servers" / "s7_server.py"
 
@@ -296,58 +304,18 @@ def test_a_plc_that_stops_answering_affects_only_its_own_tags(
     try:
         config = base_config(platform)
         config["services"] = [
-            {
-                "name": "line",
-                "type": "s7",
-                "scan_interval_ms": 100,
-                "retry_max_backoff_ms": 500,
-                "devices": [
-                    {"name": "good", "port": good.port, "timeout_ms": 300},
-                    {"name": "flaky", "port": flaky.port, "timeout_ms": 5000},
-                ],
-                "tags": [
-                    {"name": "a", "device": "good", "address": "DB1.DBW0", "type": "INT"},
-                    {"name": "b", "device": "flaky", "address": "DB1.DBW0", "type": "INT"},
-                ],
-                "things": [
-                    {"thing_key": "m1", "metrics": [{"name": "a", "tag": "a"}]},
-                    {"thing_key": "m2", "metrics": [{"name": "b", "tag": "b"}]},
-                ],
-            }
+            good_and_flaky(
+                {"type": "s7"},
+                {"port": good.port, "timeout_ms": 300},
+                {"port": flaky.port, "timeout_ms": 5000},
+                {"address": "DB1.DBW0", "type": "INT"},
+                {"address": "DB1.DBW0", "type": "INT"},
+            )
         ]
         gw = gateway_factory(config).start()
-        wait_until(
-            lambda: {e["thing_key"] for e in platform.events()} == {"m1", "m2"},
-            what="both PLCs delivering",
-        )
-        flaky.proc.signal(signal.SIGSTOP)  # alive but silent: requests time out
-        svc = wait_until(
-            lambda: (s := gw.status()["services"][0])["state"] == "degraded" and s,
-            what="PLC reported down",
-        )
-        devices = {d["name"]: d for d in svc["details"]["devices"]}
-        assert devices["flaky"]["connected"] is False and devices["flaky"]["last_error"]
-        assert devices["good"]["connected"] is True
-        seen = len(platform.events())
-        m1_before = sum(1 for e in platform.events() if e["thing_key"] == "m1")
         # at its own pace: the silent PLC's 5 s timeouts do not hold up the good one's scans
-        wait_until(
-            lambda: sum(1 for e in platform.events() if e["thing_key"] == "m1") >= m1_before + 15,
-            timeout=4,
-            what="the good PLC keeps its 100 ms scans",
-        )
-        assert sum(1 for e in platform.events()[seen:] if e["thing_key"] == "m2") <= 1
-        flaky.proc.signal(signal.SIGCONT)
-        m2_before = sum(1 for e in platform.events() if e["thing_key"] == "m2")
-        wait_until(
-            lambda: sum(1 for e in platform.events() if e["thing_key"] == "m2") > m2_before + 2,
-            timeout=30,
-            what="the flaky PLC resumes",
-        )
+        silence_one_device(gw, platform, flaky.proc, good_scans=15, timeout=4)
         assert all(e["data"] == {"b": 22} for e in platform.events() if e["thing_key"] == "m2")
-        wait_until(lambda: gw.status()["services"][0]["state"] == "running", what="healthy again")
-        log = gw.proc.log() if gw.proc else ""
-        assert log.count("does not answer") == 1 and log.count("answers again") == 1
     finally:
         good.stop()
         flaky.stop()
