@@ -83,7 +83,10 @@ def test_overview_declined_replay_and_purge(
     }
     assert {sel: page.inner_text(sel).strip() for sel in shown} == shown
     assert status["counters"]["declined"] == 1
-    page.wait_for_function("document.getElementById('chart').dataset.points !== undefined")
+    # the chart draws the console's samples (every 5 s; the page asks for them every 5 s)
+    page.wait_for_function(
+        "Number(document.getElementById('chart').dataset.points) >= 1", timeout=30_000
+    )
     shot(page, "overview")
 
     # Declined: the batch, with its status and reason; replay it from the page

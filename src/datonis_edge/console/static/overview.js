@@ -6,6 +6,8 @@
   const opts = {
     width: Math.min(el.clientWidth || 900, 1000), height: 220,
     series: [{}, { label: "in /s", stroke: "#0b5cad" }, { label: "out /s", stroke: "#060" }],
+    // always the last 15 minutes, however few samples there are yet
+    scales: { x: { time: true, range: () => [Date.now() / 1000 - 900, Date.now() / 1000] } },
     axes: [{}, { label: "events/s" }],
   };
   let plot = null;
