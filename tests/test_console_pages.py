@@ -211,9 +211,19 @@ def test_a_standby_shows_the_banner_and_no_edit_form(
     log_in(page, master, "admin1", STRONG)
     page.wait_for_url(url(master, "/"))
     page.wait_for_selector(f".standby-row:has-text('{standby.name}')")
-    # a crafted change on the standby is refused
-    csrf = page.context.request.get(url(standby, "/config"))
-    assert csrf.ok
+    # a change crafted on the standby's page (an admin, with the CSRF token) is refused: 409
+    stored = (master.datadir / "config" / "edge.yaml").read_text()
+    page.goto(url(standby, "/declined"))
+    status = page.evaluate(
+        """async () => {
+            const csrf = document.querySelector("input[name=csrf_token]").value;
+            const body = new URLSearchParams({csrf_token: csrf, text: "cloud: {}", action: "save"});
+            const r = await fetch("/config", {method: "POST", body});
+            return [r.status, await r.text()];
+        }"""
+    )
+    assert status[0] == 409 and "standby" in status[1], status
+    assert (master.datadir / "config" / "edge.yaml").read_text() == stored
 
 
 def test_a_viewer_sees_no_admin_form_on_any_page(
