@@ -187,6 +187,8 @@ def test_config_edit_error_at_its_line_then_a_new_metric_without_restart(
     page.wait_for_selector("#things td")
     assert "42" in page.inner_text("#things")
     shot(page, "things")
+    page.goto(url(gw, "/things?errors=1"))  # the one service runs: nothing in error
+    assert page.locator("#things td").count() == 0
 
 
 def test_a_standby_shows_the_banner_and_no_edit_form(
