@@ -27,27 +27,23 @@ import contextlib
 import hashlib
 import logging
 import socket
-import threading
 import time
 from concurrent.futures import Future as ThreadFuture
 from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
 from ...protocol import datonis as wire
 from ...protocol import lzf
+from .. import mqtt_client
 from ..base import InstructionSink, Uplink, alert_body, local_decline, outcome_for, redact_url
 from ..options import ssl_context
 from .config import DatonisMqttCloud
 
 log = logging.getLogger(__name__)
 
-CLOSE_WAIT_S = 1.0  # paho's network thread is a daemon: a stop does not wait longer for it
-RECONNECT_EVERY_S = 1.0
 COMPRESS_ABOVE = 1024  # bytes of the message; smaller ones go as they are (spec §7)
 REFUSED = (4, 5, 134, 135)  # CONNACK: bad user name or password, not authorised (3.1.1, 5)
 
@@ -94,19 +90,10 @@ class DatonisMqttUplink(Uplink):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-        )
+        client = mqtt_client.new_client(self.client_id, self._cap_s(), manual_ack=True)
         client.username_pw_set(self._access, wire.mqtt_password(self._access, self._secret))
         if self.cloud.protocol == "mqtts":
             client.tls_set_context(ssl_context(self.cloud))
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        self._quick_reconnects(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -120,16 +107,10 @@ class DatonisMqttUplink(Uplink):
         client, self._client = self._client, None
         if client is None:
             return
-        client.disconnect()
-        stopper = threading.Thread(target=client.loop_stop, name="datonis-mqtt-stop", daemon=True)
-        stopper.start()
-        deadline = time.monotonic() + CLOSE_WAIT_S
-        while stopper.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await mqtt_client.stop(client, "datonis-mqtt-stop")
 
-    def _quick_reconnects(self, client: mqtt.Client) -> None:
-        every = min(RECONNECT_EVERY_S, self.cloud.retry_max_backoff_ms / 1000)
-        client.reconnect_delay_set(min_delay=min(REACHABILITY_PROBE_S, every), max_delay=every)
+    def _cap_s(self) -> float:
+        return self.cloud.retry_max_backoff_ms / 1000
 
     # paho calls these on its network thread; state goes to the event loop
 
@@ -143,7 +124,7 @@ class DatonisMqttUplink(Uplink):
         for topic in self._instructions:
             client.subscribe(topic, qos=2)
         if self._refused is not None:
-            self._quick_reconnects(client)
+            mqtt_client.quick_reconnects(client, self._cap_s())
         self._loop.call_soon_threadsafe(self._logged_in)
 
     def _login_failed(self, client: mqtt.Client, rc: Any) -> None:
@@ -152,8 +133,7 @@ class DatonisMqttUplink(Uplink):
             self.status.error(f"broker refused the connection: {rc}", "disconnected")
             return
         if self._refused is None:  # once: paho's delay then doubles up to the cap
-            cap = max(1.0, self.cloud.retry_max_backoff_ms / 1000)
-            client.reconnect_delay_set(min_delay=1, max_delay=cap)
+            mqtt_client.back_off(client, self._cap_s())
             log.error(
                 "the Datonis broker %s:%s refused the login of access key %s… (%s); check "
                 "cloud.access_key and cloud.secret_key; retrying with backoff, events stay "

@@ -21,23 +21,18 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from ...backoff import REACHABILITY_PROBE_S
 from ...model import Batch, Outcome, OutcomeKind
+from .. import mqtt_client
 from ..base import Uplink, alert_body, heartbeat_body, local_decline, redact_url
 from .config import MqttBrokerCloud
 
 log = logging.getLogger(__name__)
-
-CLOSE_WAIT_S = 1.0  # the network thread is a daemon: a stop does not wait longer for it
-RECONNECT_EVERY_S = 1.0  # a reconnect to an unreachable broker: one TCP connect, cheap
 
 
 class MqttBrokerUplink(Uplink):
@@ -64,16 +59,9 @@ class MqttBrokerUplink(Uplink):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.cloud.client_id or "",
-            clean_session=True,
-        )
+        client = mqtt_client.new_client(self.cloud.client_id or "", self._cap_s())
         if self.username:
             client.username_pw_set(self.username, self.password)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        self._quick_reconnects(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -86,21 +74,10 @@ class MqttBrokerUplink(Uplink):
         client, self._client = self._client, None
         if client is None:
             return
-        client.disconnect()
-        # loop_stop() joins paho's thread, which may sit in a reconnect wait or a connect():
-        # join it off the event loop and give up after CLOSE_WAIT_S (it is a daemon thread)
-        stopper = threading.Thread(target=client.loop_stop, name="mqtt-uplink-stop", daemon=True)
-        stopper.start()
-        deadline = time.monotonic() + CLOSE_WAIT_S
-        while stopper.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await mqtt_client.stop(client, "mqtt-uplink-stop")
 
     def _cap_s(self) -> float:
         return self.cloud.retry_max_backoff_ms / 1000
-
-    def _quick_reconnects(self, client: mqtt.Client) -> None:
-        every = min(RECONNECT_EVERY_S, self._cap_s())
-        client.reconnect_delay_set(min_delay=min(REACHABILITY_PROBE_S, every), max_delay=every)
 
     # paho calls these on its network thread, once per connect, refusal or drop (not per
     # failed reconnect attempt): state goes to the event loop
@@ -110,7 +87,7 @@ class MqttBrokerUplink(Uplink):
         if rc.is_failure:
             if not self._refused:  # set once: paho's delay then doubles up to the cap
                 self._refused = True
-                client.reconnect_delay_set(min_delay=1, max_delay=max(1, self._cap_s()))
+                mqtt_client.back_off(client, self._cap_s())
                 log.warning(
                     "broker %s:%s refused the connection (%s); check the username and "
                     "password; retrying with backoff, events stay in the outbox",
@@ -124,7 +101,7 @@ class MqttBrokerUplink(Uplink):
             return
         if self._refused:
             self._refused = False
-            self._quick_reconnects(client)
+            mqtt_client.quick_reconnects(client, self._cap_s())
         self._loop.call_soon_threadsafe(self._connected.set)
         self._loop.call_soon_threadsafe(self.status.ok, "connected")
 
