@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Edge, Sim, cloud, cpu_seconds, peak_rss_mb, report
+from common import Edge, Sim, cloud, measure, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Proc, wait_until
@@ -91,9 +91,8 @@ def plant(
     return config
 
 
-def measure(edge: Edge, seconds: float) -> tuple[dict, dict, float, float, float]:
-    """(status before, status after, CPU seconds, wall seconds, peak RSS) over `seconds`,
-    once every device has answered (and subscribed)."""
+def connected(edge: Edge) -> None:
+    """Once every device has answered (and subscribed), and 2 s more."""
 
     def down() -> list[str]:
         states = edge.status()["services"][0]["details"]["devices"]
@@ -105,11 +104,6 @@ def measure(edge: Edge, seconds: float) -> tuple[dict, dict, float, float, float
         print("not connected:", down(), file=sys.stderr)
         raise
     time.sleep(2)
-    st0 = edge.status()
-    cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
-    time.sleep(seconds)
-    cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
-    return st0, edge.status(), cpu, wall, peak_rss_mb(edge.pid)
 
 
 def run(
@@ -128,18 +122,14 @@ def run(
             config = plant(tmp, devices, per_process, scan_ms, cov, sim.url, procs)
             per_device = len(config["services"][0]["tags"]) // devices
             edge = Edge(tmp, config).start()
-            st0, st, cpu, wall, rss = measure(edge, seconds)
+            w = measure(edge, seconds, lambda: connected(edge))
         finally:
             if edge is not None:
                 edge.stop()
             for p in procs:
                 p.stop()
             sim.stop()
-    svc = st["services"][0]
-    delivered = st["counters"]["delivered"] - st0["counters"]["delivered"]
-    received = svc["counters"].get("received", 0) - st0["services"][0]["counters"].get(
-        "received", 0
-    )
+    svc = w.service
     states = svc["details"]["devices"]
     # polled: every reading holds a device's 100 tags; COV: the 20 that changed
     per_reading = 20 if cov else per_device
@@ -152,11 +142,11 @@ def run(
         tags=devices * per_device,
         requests_per_scan=sum(s["requests_per_scan"] or 0 for s in states),
         cov_subscriptions=sum(s["cov_subscriptions"] for s in states),
-        readings_per_s=round(received / wall, 1),
-        tags_read_per_s=round(received * per_reading / wall),
-        tags_delivered_per_s=round(delivered * per_reading / wall),
-        gateway_cpu_cores=round(cpu / wall, 3),
-        peak_rss_mb=round(rss, 1),
+        readings_per_s=round(w.received / w.wall_s, 1),
+        tags_read_per_s=w.per_s(w.received * per_reading),
+        tags_delivered_per_s=w.per_s(w.delivered * per_reading),
+        gateway_cpu_cores=w.cores,
+        peak_rss_mb=round(w.peak_rss_mb, 1),
         devices_down=sum(1 for s in states if not s["connected"]),
     )
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,59 @@ class Edge:
         if self.proc:
             self.proc.terminate()
             self.proc.wait(30)
+
+
+@dataclass
+class Window:
+    """What a running gateway did over a measured window (its first service is the one
+    measured): the status before and after, CPU, wall time, peak RSS and `counted`, the
+    change of whatever else the bench counts (its servers' CPU, what its agents made)."""
+
+    before: dict[str, Any]
+    after: dict[str, Any]
+    cpu_s: float
+    wall_s: float
+    peak_rss_mb: float
+    counted: float = 0.0
+
+    @property
+    def service(self) -> dict[str, Any]:
+        return self.after["services"][0]
+
+    @property
+    def received(self) -> int:
+        """Readings the measured service handed on in the window."""
+        before = self.before["services"][0]["counters"].get("received", 0)
+        return self.service["counters"].get("received", 0) - before
+
+    @property
+    def delivered(self) -> int:
+        """Events the platform acknowledged in the window."""
+        return self.after["counters"]["delivered"] - self.before["counters"]["delivered"]
+
+    @property
+    def cores(self) -> float:
+        return round(self.cpu_s / self.wall_s, 3)
+
+    def per_s(self, count: float) -> int:
+        return round(count / self.wall_s)
+
+
+def measure(
+    edge: Edge,
+    seconds: float,
+    warm_up: Callable[[], None] = lambda: time.sleep(3),
+    count: Callable[[], float] | None = None,
+) -> Window:
+    """Let the gateway warm up (first scans, sessions opened), then measure it for `seconds`."""
+    warm_up()
+    before = edge.status()
+    counted0 = count() if count else 0.0
+    cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
+    time.sleep(seconds)
+    cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
+    counted = (count() if count else 0.0) - counted0
+    return Window(before, edge.status(), cpu, wall, peak_rss_mb(edge.pid), counted)
 
 
 def cloud(endpoint: str, **kw: Any) -> dict[str, Any]:

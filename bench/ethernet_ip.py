@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import Edge, Sim, cloud, cpu_seconds, peak_rss_mb, report
+from common import Edge, Sim, cloud, cpu_seconds, measure, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Proc, free_port, wait_port, wait_until
@@ -89,26 +88,17 @@ def run(server: str = "fast", plcs: int = 20, seconds: float = 15.0, scan_ms: in
         config, procs = plant(tmp, plcs, server, scan_ms, sim.url)
         per_plc = len(plc_tags())
         edge = Edge(tmp, config).start()
-        # past the first scans (sessions opened, reply sizes learned)
-        wait_until(lambda: edge.status()["services"][0]["counters"].get("received", 0) >= 2 * plcs,
-                   300, "two scans of every PLC")  # fmt: skip
-        st0 = edge.status()
-        cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
-        srv0 = sum(cpu_seconds(p.p.pid) for p in procs if p.p)
-        time.sleep(seconds)
-        cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
-        srv = sum(cpu_seconds(p.p.pid) for p in procs if p.p) - srv0
-        st = edge.status()
-        rss = peak_rss_mb(edge.pid)
-        svc = st["services"][0]
+
+        def warm_up() -> None:  # past the first scans (sessions opened, reply sizes learned)
+            wait_until(lambda: edge.status()["services"][0]["counters"].get("received", 0) >= 2 * plcs,
+                       300, "two scans of every PLC")  # fmt: skip
+
+        w = measure(edge, seconds, warm_up, lambda: sum(cpu_seconds(p.p.pid) for p in procs if p.p))
         edge.stop()
         for p in procs:
             p.kill() if server == "cpppo" else p.stop()
         sim.stop()
-    delivered = st["counters"]["delivered"] - st0["counters"]["delivered"]
-    received = svc["counters"]["received"] - st0["services"][0]["counters"]["received"]
-    devices = svc["details"]["devices"]
-    read_per_s = received * per_plc / wall
+    devices = w.service["details"]["devices"]
     return report(
         f"ethernet_ip {server}",
         scan_interval_ms=scan_ms,
@@ -116,12 +106,12 @@ def run(server: str = "fast", plcs: int = 20, seconds: float = 15.0, scan_ms: in
         tags=plcs * per_plc,
         connection_size=devices[0]["connection_size"],
         requests_per_scan_per_plc=devices[0]["requests_per_scan"],
-        tags_read_per_s=round(read_per_s),
-        tags_delivered_per_s=round(delivered * per_plc / wall),
-        gateway_cpu_cores=round(cpu / wall, 3),
-        gateway_cpu_ms_per_1000_tags=round(1000 * cpu / max(1, received * per_plc) * 1000, 2),
-        server_cpu_cores=round(srv / wall, 2),
-        peak_rss_mb=round(rss, 1),
+        tags_read_per_s=w.per_s(w.received * per_plc),
+        tags_delivered_per_s=w.per_s(w.delivered * per_plc),
+        gateway_cpu_cores=w.cores,
+        gateway_cpu_ms_per_1000_tags=round(1000 * w.cpu_s / max(1, w.received * per_plc) * 1000, 2),
+        server_cpu_cores=round(w.counted / w.wall_s, 2),
+        peak_rss_mb=round(w.peak_rss_mb, 1),
         plcs_down=sum(1 for dv in devices if not dv["connected"]),
     )
 

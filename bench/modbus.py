@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import Edge, Sim, cloud, cpu_seconds, peak_rss_mb, report
+from common import Edge, Sim, cloud, measure, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import ModbusServer
@@ -92,19 +91,12 @@ def run(
         )
         tags = config["services"][0]["tags"]
         edge = Edge(tmp, config).start()
-        time.sleep(3)
-        st0 = edge.status()
-        cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
-        time.sleep(seconds)
-        cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
-        st = edge.status()
-        rss = peak_rss_mb(edge.pid)
-        svc = st["services"][0]
+        w = measure(edge, seconds)
         edge.stop()
         for p in procs:
             p.stop()
         sim.stop()
-    delivered_events = st["counters"]["delivered"] - st0["counters"]["delivered"]
+    svc = w.service
     return report(
         "modbus",
         scan_interval_ms=scan_ms,
@@ -112,14 +104,10 @@ def run(
         tags=len(tags),
         registers_per_device=registers,
         requests_per_scan=svc["details"]["requests_per_scan"],
-        tags_read_per_s=round(
-            (svc["counters"]["received"] - st0["services"][0]["counters"]["received"])
-            * tags_per_event
-            / wall
-        ),
-        tags_delivered_per_s=round(delivered_events * tags_per_event / wall),
-        gateway_cpu_cores=round(cpu / wall, 3),
-        peak_rss_mb=round(rss, 1),
+        tags_read_per_s=w.per_s(w.received * tags_per_event),
+        tags_delivered_per_s=w.per_s(w.delivered * tags_per_event),
+        gateway_cpu_cores=w.cores,
+        peak_rss_mb=round(w.peak_rss_mb, 1),
         devices_down=sum(1 for dv in svc["details"]["devices"] if not dv["connected"]),
     )
 

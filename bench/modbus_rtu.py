@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import Edge, Sim, cloud, cpu_seconds, report
+from common import Edge, Sim, cloud, measure, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -75,19 +74,12 @@ def run(
             ],
         }
         edge = Edge(tmp, config).start()
-        time.sleep(3)
-        st0 = edge.status()
-        cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
-        time.sleep(seconds)
-        cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
-        st = edge.status()
+        w = measure(edge, seconds)
         seen = line.line()
         edge.stop()
         sim.stop()
         line.stop()
-    svc, svc0 = st["services"][0], st0["services"][0]
-    read = svc["counters"]["received"] - svc0["counters"]["received"]
-    delivered = st["counters"]["delivered"] - st0["counters"]["delivered"]
+    svc = w.service
     return report(
         "modbus_rtu",
         baudrate=baudrate,
@@ -96,9 +88,9 @@ def run(
         registers_per_unit=registers,
         requests_per_scan=svc["details"]["requests_per_scan"],
         inter_frame_ms=svc["details"]["line"]["inter_frame_ms"],
-        tags_read_per_s=round(read * registers / wall),
-        tags_delivered_per_s=round(delivered * registers / wall),
-        gateway_cpu_cores=round(cpu / wall, 3),
+        tags_read_per_s=w.per_s(w.received * registers),
+        tags_delivered_per_s=w.per_s(w.delivered * registers),
+        gateway_cpu_cores=w.cores,
         overlaps_seen_by_units=seen.get("overlaps"),
         units_down=sum(1 for u in svc["details"]["devices"] if not u["connected"]),
         **line_limit(units, registers, baudrate),

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Edge, Sim, cloud, cpu_seconds, peak_rss_mb, report
+from common import Edge, Sim, cloud, measure, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers.mtconnect_fixture import MtconnectAgentProc
@@ -80,16 +80,7 @@ def run(
         config, procs = plant(tmp, agents, samples, change_ms, scan_ms, mode, sim.url)
         try:
             edge = Edge(tmp, config).start()
-            time.sleep(3)
-            st0 = edge.status()
-            made0 = sum(p.stats()["next_sequence"] for p in procs)
-            cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
-            time.sleep(seconds)
-            cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
-            made = sum(p.stats()["next_sequence"] for p in procs) - made0
-            st = edge.status()
-            rss = peak_rss_mb(edge.pid)
-            svc = st["services"][0]
+            w = measure(edge, seconds, count=lambda: sum(p.stats()["next_sequence"] for p in procs))
             stop_started = time.perf_counter()
             edge.stop()
             stop_s = time.perf_counter() - stop_started
@@ -97,9 +88,8 @@ def run(
             for p in procs:
                 p.stop()
             sim.stop()
-    events = st["counters"]["delivered"] - st0["counters"]["delivered"]
-    received = svc["counters"]["received"] - st0["services"][0]["counters"]["received"]
-    observations = _observations(st) - _observations(st0)
+    svc, events, received = w.service, w.delivered, w.received
+    observations = _observations(w.after) - _observations(w.before)
     return report(
         "mtconnect",
         mode=mode,
@@ -108,15 +98,15 @@ def run(
         sample_change_ms=change_ms,
         scan_interval_ms=scan_ms,
         # what the agents made (their timers slip under load) and what the gateway read
-        agents_made_per_s=round(made / wall),
-        tags_read_per_s=round(observations / wall),
-        tags_delivered_per_s=round(observations * (events / received if received else 0) / wall),
-        events_delivered_per_s=round(events / wall),
+        agents_made_per_s=w.per_s(w.counted),
+        tags_read_per_s=w.per_s(observations),
+        tags_delivered_per_s=w.per_s(observations * (events / received if received else 0)),
+        events_delivered_per_s=w.per_s(events),
         requests=sum(a["requests"] for a in svc["details"]["devices"]),
         gaps=sum(a["gaps"] for a in svc["details"]["devices"]),
         agents_down=sum(1 for a in svc["details"]["devices"] if not a["connected"]),
-        gateway_cpu_cores=round(cpu / wall, 3),
-        peak_rss_mb=round(rss, 1),
+        gateway_cpu_cores=w.cores,
+        peak_rss_mb=round(w.peak_rss_mb, 1),
         stop_s=round(stop_s, 2),
     )
 

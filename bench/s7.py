@@ -10,11 +10,10 @@ import json
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from common import Edge, Sim, cloud, cpu_seconds, peak_rss_mb, report
+from common import Edge, Sim, cloud, measure, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Proc, free_port, wait_port
@@ -90,21 +89,12 @@ def run(plcs: int = 20, seconds: float = 15.0, scan_ms: int = 1000, per_process:
         config, procs = plant(tmp, plcs, per_process, scan_ms, sim.url)
         tags_per_plc = len(config["services"][0]["tags"]) // plcs
         edge = Edge(tmp, config).start()
-        time.sleep(3)
-        st0 = edge.status()
-        cpu0, t0 = cpu_seconds(edge.pid), time.perf_counter()
-        time.sleep(seconds)
-        cpu, wall = cpu_seconds(edge.pid) - cpu0, time.perf_counter() - t0
-        st = edge.status()
-        rss = peak_rss_mb(edge.pid)
-        svc = st["services"][0]
+        w = measure(edge, seconds)
         edge.stop()
         for p in procs:
             p.stop()
         sim.stop()
-    delivered = st["counters"]["delivered"] - st0["counters"]["delivered"]
-    received = svc["counters"]["received"] - st0["services"][0]["counters"]["received"]
-    devices = svc["details"]["devices"]
+    devices = w.service["details"]["devices"]
     return report(
         "s7",
         scan_interval_ms=scan_ms,
@@ -112,11 +102,11 @@ def run(plcs: int = 20, seconds: float = 15.0, scan_ms: int = 1000, per_process:
         server_processes=len(procs),
         tags=plcs * tags_per_plc,
         pdu_size=devices[0]["pdu_size"],
-        requests_per_scan=svc["details"]["requests_per_scan"],
-        tags_read_per_s=round(received * tags_per_plc / wall),
-        tags_delivered_per_s=round(delivered * tags_per_plc / wall),
-        gateway_cpu_cores=round(cpu / wall, 3),
-        peak_rss_mb=round(rss, 1),
+        requests_per_scan=w.service["details"]["requests_per_scan"],
+        tags_read_per_s=w.per_s(w.received * tags_per_plc),
+        tags_delivered_per_s=w.per_s(w.delivered * tags_per_plc),
+        gateway_cpu_cores=w.cores,
+        peak_rss_mb=round(w.peak_rss_mb, 1),
         plcs_down=sum(1 for dv in devices if not dv["connected"]),
     )
 
