@@ -113,7 +113,7 @@ async def run_demo(http_port: int, sim_port: int, listener_port: int, datadir: P
             "\n  datonis-edge demo is running (Ctrl-C to stop)\n"
             f"  console:            http://127.0.0.1:{http_port}/  ({login})\n"
             f"  status API:         http://127.0.0.1:{http_port}/api/v1/status (needs a token: "
-            "datonis-edge console token create NAME --role viewer --datadirpath DIR)\n"
+            f"datonis-edge console token create me --role viewer --datadirpath {datadir})\n"
             f"  platform simulator: http://127.0.0.1:{sim_port}/sim/stats\n"
             f"  push events:        curl -X POST http://127.0.0.1:{listener_port}/api/v3/things/event.json "
             '-d \'{"thing_key":"press-1","data":{"temperature":61.5}}\'\n'
