@@ -17,15 +17,15 @@ from typing import Any
 from pymodbus.exceptions import ModbusException
 
 from ..base import ReadingSink
-from ..devices import PolledDevice, device_state
-from ..modbus_tcp.adapter import ModbusTcpAdapter, read_groups
+from ..devices import device_state
+from ..modbus_tcp.adapter import ModbusTcpAdapter, UnitReader, read_groups
 from ..modbus_tcp.codec import ReadGroup
 from .config import ModbusRtuService, ModbusRtuUnit
 from .line import Line, LineUnavailable
 from .writer import ModbusRtuWriter
 
 
-class _Unit(PolledDevice):
+class _Unit(UnitReader):
     """One unit on the line: its groups, its backoff and its status entry."""
 
     def __init__(
@@ -37,10 +37,6 @@ class _Unit(PolledDevice):
         self.config = config
         self.line = line
         self.groups = groups
-
-    @property
-    def where(self) -> str:
-        return f"device {self.config.name} at {self.state['address']} (unit {self.config.unit_id})"
 
     async def read(self) -> dict[str, Any]:
         if self.waiting() or not self.groups:

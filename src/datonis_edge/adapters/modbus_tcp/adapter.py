@@ -63,7 +63,17 @@ async def read_groups(
     return errors
 
 
-class _Device(PolledDevice):
+class UnitReader(PolledDevice):
+    """A device read by unit id: modbus_tcp's devices and modbus_rtu's units."""
+
+    config: Any  # a ModbusDevice or a modbus_rtu unit: a name and a unit_id
+
+    @property
+    def where(self) -> str:
+        return f"device {self.config.name} at {self.state['address']} (unit {self.config.unit_id})"
+
+
+class _Device(UnitReader):
     def __init__(self, config: ModbusDevice, groups: list[ReadGroup], max_backoff_s: float) -> None:
         tags = sum(len(g.tags) for g in groups)
         super().__init__(
@@ -72,10 +82,6 @@ class _Device(PolledDevice):
         self.config = config
         self.groups = groups
         self.client: AsyncModbusTcpClient | None = None
-
-    @property
-    def where(self) -> str:
-        return f"device {self.config.name} at {self.state['address']} (unit {self.config.unit_id})"
 
     async def _connect(self) -> AsyncModbusTcpClient:
         if self.client is not None and self.client.connected:
