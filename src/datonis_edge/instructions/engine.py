@@ -8,6 +8,10 @@ executes instructions one at a time, in arrival order: plan (the thing's rule), 
 value (nothing is written if one does not fit or a device does not answer within the rule's
 `device_wait_ms`), write in order, record the result; each result is acknowledged to the
 platform (`uplink.instruction_ack`), retried with backoff until it is DELIVERED.
+
+A write typed in the console (`write_now`) takes the same turn: it waits for the instruction
+being executed and an instruction waits for it, so two writes never run side by side on an
+adapter; it is planned and checked the same way, but neither stored nor acknowledged.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class InstructionEngine:
         self.status = PartStatus(name="instructions", type="instructions")
         self.status.state = "ready"
         self.queue: asyncio.Queue[Record] = asyncio.Queue()
+        # one write at a time: a platform instruction or a console write, never both
+        self._turn = asyncio.Lock()
         self._acks: set[asyncio.Task[None]] = set()
         self._recovered: list[Record] = []  # what open() found, taken over once by run()
         self._once = OnceLogger(log)
@@ -153,7 +159,8 @@ class InstructionEngine:
         while True:
             record = await self.queue.get()
             if record.state == "received" and record.alert_key in self.store.pending:
-                await self.execute(record)
+                async with self._turn:
+                    await self.execute(record)
 
     async def execute(self, record: Record) -> None:
         success, message = await self._carry_out(record)
@@ -174,19 +181,41 @@ class InstructionEngine:
         self._ack_soon(record)
 
     async def _carry_out(self, record: Record) -> tuple[bool, str]:
+        checked = await self._checked_plan(
+            record.thing_key, record.instruction, f"instruction {record.alert_key}"
+        )
+        if isinstance(checked, str):
+            return False, checked
+        await asyncio.to_thread(self.store.executing, record)
+        return await self._write(checked)
+
+    async def write_now(self, thing_key: str, instruction: dict[str, Any]) -> tuple[bool, str]:
+        """A write typed in the console, in its turn (see the module docstring): planned by
+        the thing's rules, every value checked, then written; not stored, not acknowledged
+        (nobody on the platform waits for it). (success, what was done)."""
+        async with self._turn:
+            self.status.count("console_writes")
+            checked = await self._checked_plan(thing_key, instruction, "a console write")
+            if isinstance(checked, str):
+                return False, checked
+            return await self._write(checked)
+
+    async def _checked_plan(
+        self, thing_key: str, instruction: dict[str, Any], what: str
+    ) -> Plan | str:
+        """The thing's plan with every value checked, or why nothing may be written."""
         try:
-            plan = self.mapping.plan(record.thing_key, record.instruction)
+            plan = self.mapping.plan(thing_key, instruction)
         except NoRule as exc:
-            return False, str(exc)
+            return str(exc)
         try:
             await self.mapping.check(plan)
         except WriteFailed as exc:  # a value that does not fit (ValueRefused), a device down
-            return False, f"{plan.rule.name}: nothing written: {exc.reason}"
+            return f"{plan.rule.name}: nothing written: {exc.reason}"
         except Exception as exc:  # a bug or a library's surprise: fail this one, not the engine
-            log.exception("instruction %s: checking its values failed", record.alert_key)
-            return False, f"{plan.rule.name}: nothing written: {_error(exc)}"
-        await asyncio.to_thread(self.store.executing, record)
-        return await self._write(plan)
+            log.exception("%s: checking its values failed", what)
+            return f"{plan.rule.name}: nothing written: {_error(exc)}"
+        return plan
 
     @staticmethod
     async def _write(plan: Plan) -> tuple[bool, str]:
