@@ -26,13 +26,12 @@ from typing import Any
 
 from . import __version__
 from .console.alertlog import AlertLog
-from .console.configfile import save_version
+from .console_service import ConsoleServiceMixin, file_version
 from .ha.lock import DataDirLock
 from .ha.state import HaFiles
 from .pipeline import Pipeline, preload
 from .root_config import Config, ConfigError, load_config
 from .status import Alerts
-from .store.declined import DeclinedStore
 from .store.diskspace import Reserve, is_disk_full, mount_point
 
 log = logging.getLogger(__name__)
@@ -53,15 +52,7 @@ def heartbeat_survives(exc: OSError) -> bool:
     return is_disk_full(exc)
 
 
-def _file_version(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-class Supervisor:
+class Supervisor(ConsoleServiceMixin):
     def __init__(
         self,
         datadir: Path,
@@ -77,7 +68,7 @@ class Supervisor:
         self.datadir = datadir
         self.config = config
         # the config file as this instance loaded it: a standby reloads it at takeover if changed
-        self._config_version = _file_version(datadir / "config" / "edge.yaml")
+        self._config_version = file_version(datadir / "config" / "edge.yaml")
         self.http_port = http_port
         self.instance_id = instance_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.poll_s = poll_s
@@ -99,6 +90,7 @@ class Supervisor:
         self._heartbeats = 0
         self.heartbeat_error: str | None = None  # the heartbeat cannot be written (disk full)
         self.heartbeat_failures = 0
+        self.heartbeat_ms: int | None = None  # when ha/master.json was last written
         self._previous_counters: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.exit_code = EXIT_OK
@@ -168,6 +160,7 @@ class Supervisor:
                             "heartbeat_ms": int(time.time() * 1000),
                         },
                     )
+                    self.heartbeat_ms = int(time.time() * 1000)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.poll_s)
         return False
@@ -229,7 +222,7 @@ class Supervisor:
         """The data directory's configuration as it is now: a standby may have waited through
         a change of config/edge.yaml. One that no longer loads keeps the one we started with."""
         path = self.datadir / "config" / "edge.yaml"
-        if _file_version(path) in (None, self._config_version):  # unchanged: no reload
+        if file_version(path) in (None, self._config_version):  # unchanged: no reload
             return self.config
         try:
             config = load_config(path)
@@ -347,6 +340,7 @@ class Supervisor:
         self._alert_from_thread("warning", message)
 
     def _heartbeat_written(self) -> None:
+        self.heartbeat_ms = int(time.time() * 1000)
         if self.heartbeat_error is None:
             return
         self.heartbeat_error = None
@@ -370,127 +364,3 @@ class Supervisor:
         self.gateway.abort()
         self.exit_code = code
         self.role = "stopped"
-
-    # ------------------------------------------------------------------ status
-
-    def snapshot(self) -> dict[str, Any]:
-        snap: dict[str, Any] = {
-            "role": self.role,
-            "instance_id": self.instance_id,
-            "version": __version__,
-            "epoch": self.epoch if self.role == "master" else self.ha.read_epoch(),
-            "since_ms": self.since_ms,
-            "datadir": str(self.datadir),
-            "host": socket.gethostname(),
-            "alerts": self.alerts.snapshot(),
-        }
-        if self.role == "master" and self.gateway is not None:
-            snap.update(self.gateway.snapshot())
-            snap["standbys"] = self.live_standbys()
-            snap["heartbeat"] = {
-                "ok": self.heartbeat_error is None,
-                "error": self.heartbeat_error,
-                "failures": self.heartbeat_failures,
-            }
-            snap["degraded"] = self.degraded()
-            reasons = snap["degraded"] + self.gateway.health()
-            snap["health"] = "degraded" if reasons else "ok"
-            snap["reasons"] = reasons
-        else:
-            master = self.ha.read_master()
-            snap["master"] = (
-                {
-                    k: master.get(k)
-                    for k in (
-                        "instance_id",
-                        "host",
-                        "pid",
-                        "epoch",
-                        "console_url",
-                        "since_ms",
-                        "heartbeat_ms",
-                    )
-                }
-                if master
-                else None
-            )
-            if snap["master"] is not None:
-                snap["master"]["since"] = master.get("since_ms") if master else None
-        return snap
-
-    def degraded(self) -> list[str]:
-        """What makes this master degraded (for the status's health), as sentences."""
-        reasons = []
-        if self.heartbeat_error is not None:
-            reasons.append(self.heartbeat_error)
-        if self.gateway is not None:
-            stats = self.gateway.outbox.stats()
-            if stats.disk_full:
-                reasons.append(f"disk full: readings refused ({stats.disk_free_bytes} bytes free)")
-        return reasons
-
-    def live_standbys(self, max_age_s: float = 10.0) -> list[dict[str, Any]]:
-        now = time.time() * 1000
-        return [
-            {k: sb.get(k) for k in ("instance_id", "host", "pid", "console_url", "heartbeat_ms")}
-            for sb in self.ha.read_standbys()
-            if now - sb.get("heartbeat_ms", 0) <= max_age_s * 1000
-            and sb.get("instance_id") != self.instance_id
-        ]
-
-    # ------------------------------------------------------------------ console service
-
-    def declined_list(self) -> list[dict[str, Any]]:
-        return [d.summary() for d in DeclinedStore(self.datadir / "declined").list()]
-
-    def declined_purge(self, ids: list[str] | None) -> int:
-        """Delete declined batches (`None`: all); on any instance (the files are shared)."""
-        store = DeclinedStore(self.datadir / "declined")
-        items = store.find(ids)
-        for item in items:
-            store.remove(item)
-        return len(items)
-
-    def latest_values(self) -> dict[str, dict[str, tuple[Any, int]]]:
-        """thing_key -> metric -> (latest value, its time in ms), as the master received them."""
-        return self.gateway.latest_values() if self.gateway is not None else {}
-
-    async def write_instruction(
-        self, thing_key: str, instruction: dict[str, Any]
-    ) -> tuple[bool, str]:
-        """The console's write form: through the thing's instruction rules (master only)."""
-        if self.role != "master" or self.gateway is None:
-            return False, "this instance is not the master; write on the master"
-        return await self.gateway.write_instruction(thing_key, instruction)
-
-    async def apply_config(self, text: str, config: Config) -> None:
-        """Save `text` (already validated into `config`) as config/edge.yaml, the previous
-        version kept in config/history/; on the master, restart the pipeline in-process with
-        it (the outbox, the lock and the epoch stay). A standby reads it at takeover."""
-        async with self._applying:
-            path = self.datadir / "config" / "edge.yaml"
-            await asyncio.to_thread(save_version, path, text)
-            self._config_version = _file_version(path)
-            self.config = config
-            if self.role != "master" or self.gateway is None:
-                return
-            old = self.gateway
-            await old.stop()
-            counters = old.outbox.stats().counters
-            self.gateway = Pipeline(self.datadir, config, self.epoch, self.alerts)
-            try:
-                await self.gateway.start(counters)
-            except (OSError, sqlite3.Error, RuntimeError) as exc:
-                message = (
-                    f"the pipeline did not start again with the new configuration ({exc}); "
-                    "check the data directory, then restart the gateway"
-                )
-                log.error("%s", message)
-                self.alerts.raise_("error", message)
-                return
-            log.info("configuration applied: the pipeline restarted with %s", path)
-
-    async def replay(self, ids: list[str] | None) -> int:
-        if self.gateway is None or self.role != "master":
-            return 0
-        return await self.gateway.replay(ids)
