@@ -6,6 +6,9 @@
 are kept at WARNING whatever the level; their records, and Python's warnings, go through the
 same handler, so a JSON log is JSON on every line.
 
+`RING` keeps the last records of this process in memory (a handler `setup` installs), already
+formatted, for the console's Logs page: engineers without shell access read them there.
+
 `OnceLogger` is for conditions that repeat (a device that does not answer every scan, an
 uplink that refuses every batch): log the change once, then at most once per interval.
 """
@@ -13,9 +16,13 @@ uplink that refuses every batch): log the change once, then at most once per int
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +85,77 @@ class JsonFormatter(logging.Formatter):
         return json_line(out)[:-1].decode()  # the handler adds the newline
 
 
+# a second guard: the parts redact what they log, the console's page masks what slips through
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@")
+_SECRET_VALUE = re.compile(
+    r"((?:secret_key|access_key|password|passwd|token|api_key)[\"']?\s*[=:]\s*)"
+    r"(\"[^\"]*\"|'[^']*'|[^\s\",;]+)",
+    re.IGNORECASE,
+)
+
+
+def redact(line: str) -> str:
+    """`user:pass@` in a URL and the value of `secret_key=...`-like pairs become `***`."""
+    return _SECRET_VALUE.sub(r"\1***", _USERINFO.sub(r"\1***@", line))
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    at_ms: int
+    level: str  # DEBUG | INFO | WARNING | ERROR | CRITICAL
+    logger: str
+    text: str  # the formatted line (a traceback included), redacted
+
+
+class LogRing(logging.Handler):
+    """The last `max_records` log records, at most `max_bytes` of text (the oldest dropped
+    first), each line cut at `max_line` characters. Thread-safe: threads log too."""
+
+    def __init__(
+        self, max_records: int = 2000, max_bytes: int = 1 << 20, max_line: int = 8192
+    ) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter(TEXT_FORMAT))
+        self.max_bytes, self.max_line = max_bytes, max_line
+        self.lines: deque[LogLine] = deque(maxlen=max_records)
+        self.bytes = 0
+        self.dropped = 0  # records no longer kept (since the start)
+        self._lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = redact(self.format(record))[: self.max_line]
+        except Exception:  # a record that does not format: the stream handler reports it
+            return
+        line = LogLine(int(record.created * 1000), record.levelname, record.name, text)
+        with self._lock:
+            if len(self.lines) == self.lines.maxlen:
+                self._drop()
+            self.lines.append(line)
+            self.bytes += len(text)
+            while self.bytes > self.max_bytes and len(self.lines) > 1:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.bytes -= len(self.lines.popleft().text)
+        self.dropped += 1
+
+    def recent(self, min_level: int = logging.NOTSET, text: str = "") -> list[LogLine]:
+        """Oldest first: the kept lines at `min_level` or above containing `text` (any case)."""
+        with self._lock:
+            lines = list(self.lines)
+        wanted = text.lower()
+        return [
+            line
+            for line in lines
+            if logging.getLevelName(line.level) >= min_level
+            and (not wanted or wanted in line.text.lower())
+        ]
+
+
+RING = LogRing()
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     """Configure the root logger (validate with level_problem / format_problem first)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -89,6 +167,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    root.addHandler(RING)  # the console's Logs page
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for name in QUIET_LIBRARIES:  # one line per request or connection is noise
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -39,6 +39,8 @@ class PartStatus:
     last_error: str | None = None
     last_error_ms: int | None = None
     last_ok_ms: int | None = None
+    # when `state` last changed (epoch ms): set by every assignment that changes it
+    since: int = field(default_factory=_ms)
     counters: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     # logging of state changes (see the module docstring); not part of the snapshot
@@ -48,6 +50,12 @@ class PartStatus:
     _last_line: float = field(default=-ANNOUNCE_INTERVAL_S, repr=False)
     _suppressed: int = field(default=0, repr=False)
     _logged_elsewhere: str | None = field(default=None, repr=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # every transition is timed, also the parts that assign `state` directly
+        if name == "state" and self.__dict__.get("state", value) != value:
+            object.__setattr__(self, "since", _ms())
+        object.__setattr__(self, name, value)
 
     def ok(self, state: str | None = None) -> None:
         self.last_ok_ms = _ms()
