@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Edge, Sim, cloud, measure, report
+from common import Edge, Sim, measure, one_service, report, thing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Proc, wait_until
@@ -70,24 +70,20 @@ def plant(
                         "instance": spec["instance"], "cov": cov, "cov_lifetime_s": 300})  # fmt: skip
         mine = [{"name": f"{name}-{o['id']}", "device": name, "object": o["id"]} for o in objects]
         tags += mine
-        things.append(
-            {"thing_key": name, "metrics": [{"name": t["name"], "tag": t["name"]} for t in mine]}
-        )
-    config = {
-        "cloud": cloud(cloud_url, bulk_max_elements=50),
-        "services": [
-            {
-                "name": "building",
-                "type": "bacnet",
-                "local_address": f"127.0.0.1/8:{udp_port()}",
-                "scan_interval_ms": scan_ms,
-                "timeout_ms": 3000,
-                "devices": devices,
-                "tags": tags,
-                "things": things,
-            }
-        ],
-    }
+        things.append(thing(name, mine))
+    config = one_service(
+        cloud_url,
+        {
+            "name": "building",
+            "type": "bacnet",
+            "local_address": f"127.0.0.1/8:{udp_port()}",
+            "scan_interval_ms": scan_ms,
+            "timeout_ms": 3000,
+            "devices": devices,
+            "tags": tags,
+            "things": things,
+        },
+    )
     return config
 
 

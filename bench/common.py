@@ -186,6 +186,21 @@ def cloud(endpoint: str, **kw: Any) -> dict[str, Any]:
     return c
 
 
+def thing(thing_key: str, tags: list[dict[str, Any]]) -> dict[str, Any]:
+    """A thing with one metric per tag, named as the tag."""
+    return {
+        "thing_key": thing_key,
+        "metrics": [{"name": t["name"], "tag": t["name"]} for t in tags],
+    }
+
+
+def one_service(
+    cloud_url: str, service: dict[str, Any], bulk_max_elements: int = 50
+) -> dict[str, Any]:
+    """A gateway config: one service (a plant), delivered to the platform at `cloud_url`."""
+    return {"cloud": cloud(cloud_url, bulk_max_elements=bulk_max_elements), "services": [service]}
+
+
 def wrk_post(
     url: str, body: bytes, connections: int, seconds: int, threads: int = 1
 ) -> dict[str, float]:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Edge, Sim, cloud, cpu_seconds, measure, report
+from common import Edge, Sim, cpu_seconds, measure, one_service, report, thing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Proc, free_port, wait_port, wait_until
@@ -62,22 +62,18 @@ def plant(tmp: Path, plcs: int, server: str, scan_ms: int, url: str) -> tuple[di
         devices.append({"name": plc, "host": "127.0.0.1", "port": port, "timeout_ms": 10_000})
         mine = [{"name": f"{plc}-{name}", "device": plc, "address": name} for name, _ in names]
         tags += mine
-        things.append(
-            {"thing_key": plc, "metrics": [{"name": t["name"], "tag": t["name"]} for t in mine]}
-        )
-    config = {
-        "cloud": cloud(url, bulk_max_elements=50),
-        "services": [
-            {
-                "name": "plant",
-                "type": "ethernet_ip",
-                "scan_interval_ms": scan_ms,
-                "devices": devices,
-                "tags": tags,
-                "things": things,
-            }
-        ],
-    }
+        things.append(thing(plc, mine))
+    config = one_service(
+        url,
+        {
+            "name": "plant",
+            "type": "ethernet_ip",
+            "scan_interval_ms": scan_ms,
+            "devices": devices,
+            "tags": tags,
+            "things": things,
+        },
+    )
     return config, procs
 
 

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Edge, Sim, cloud, measure, report
+from common import Edge, Sim, measure, one_service, report, thing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import ModbusServer
@@ -53,25 +53,18 @@ def plant(
             for i in range(n32)
         ]
         tags += dev_tags
-        things.append(
-            {
-                "thing_key": name,
-                "metrics": [{"name": t["name"], "tag": t["name"]} for t in dev_tags],
-            }
-        )
-    config = {
-        "cloud": cloud(cloud_url, bulk_max_elements=50),
-        "services": [
-            {
-                "name": "plant",
-                "type": "modbus_tcp",
-                "scan_interval_ms": scan_ms,
-                "devices": devs,
-                "tags": tags,
-                "things": things,
-            }
-        ],
-    }
+        things.append(thing(name, dev_tags))
+    config = one_service(
+        cloud_url,
+        {
+            "name": "plant",
+            "type": "modbus_tcp",
+            "scan_interval_ms": scan_ms,
+            "devices": devs,
+            "tags": tags,
+            "things": things,
+        },
+    )
     return config, procs, n16 + n32
 
 

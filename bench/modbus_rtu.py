@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Edge, Sim, cloud, measure, report
+from common import Edge, Sim, measure, one_service, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -57,22 +57,20 @@ def run(
             things.append(
                 {"thing_key": f"unit-{u}", "metrics": [{"name": n, "tag": n} for n in names]}
             )
-        config = {
-            "cloud": cloud(sim.url, bulk_max_elements=50),
-            "services": [
-                {
-                    "name": "line",
-                    "type": "modbus_rtu",
-                    "port": str(line.gateway_port),
-                    "baudrate": baudrate,
-                    "timeout_ms": 1000,
-                    "scan_interval_ms": scan_ms,
-                    "devices": [{"name": f"unit-{u}", "unit_id": u} for u in range(1, units + 1)],
-                    "tags": tags,
-                    "things": things,
-                }
-            ],
-        }
+        config = one_service(
+            sim.url,
+            {
+                "name": "line",
+                "type": "modbus_rtu",
+                "port": str(line.gateway_port),
+                "baudrate": baudrate,
+                "timeout_ms": 1000,
+                "scan_interval_ms": scan_ms,
+                "devices": [{"name": f"unit-{u}", "unit_id": u} for u in range(1, units + 1)],
+                "tags": tags,
+                "things": things,
+            },
+        )
         edge = Edge(tmp, config).start()
         w = measure(edge, seconds)
         seen = line.line()

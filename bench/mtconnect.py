@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Edge, Sim, cloud, measure, report
+from common import Edge, Sim, measure, one_service, report, thing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers.mtconnect_fixture import MtconnectAgentProc
@@ -38,27 +38,21 @@ def plant(
         items += ["d0_exec", "d0_mode", "d0_program", "d0_parts", "d0_system", "d0_temp_cond"]
         mine = [{"name": f"cnc{i}-{item}", "agent": f"cnc{i}", "data_item": item} for item in items]
         tags += mine
-        things.append(
-            {
-                "thing_key": f"cnc-{i}",
-                "metrics": [{"name": t["name"], "tag": t["name"]} for t in mine],
-            }
-        )
-    config = {
-        "cloud": cloud(cloud_url, bulk_max_elements=100),
-        "services": [
-            {
-                "name": "cells",
-                "type": "mtconnect",
-                "mode": mode,
-                "scan_interval_ms": scan_ms,
-                "count": 10_000,
-                "agents": [{"name": f"cnc{i}", "url": p.url} for i, p in enumerate(procs)],
-                "tags": tags,
-                "things": things,
-            }
-        ],
-    }
+        things.append(thing(f"cnc-{i}", mine))
+    config = one_service(
+        cloud_url,
+        {
+            "name": "cells",
+            "type": "mtconnect",
+            "mode": mode,
+            "scan_interval_ms": scan_ms,
+            "count": 10_000,
+            "agents": [{"name": f"cnc{i}", "url": p.url} for i, p in enumerate(procs)],
+            "tags": tags,
+            "things": things,
+        },
+        bulk_max_elements=100,
+    )
     return config, procs
 
 

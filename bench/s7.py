@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import Edge, Sim, cloud, measure, report
+from common import Edge, Sim, measure, one_service, report, thing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Proc, free_port, wait_port
@@ -63,22 +63,18 @@ def plant(
         devices.append({"name": name, "port": port, "timeout_ms": 3000})
         mine = [{**t, "name": f"{name}-{t['name']}", "device": name} for t in plc_tags]
         tags += mine
-        things.append(
-            {"thing_key": name, "metrics": [{"name": t["name"], "tag": t["name"]} for t in mine]}
-        )
-    config = {
-        "cloud": cloud(cloud_url, bulk_max_elements=50),
-        "services": [
-            {
-                "name": "plant",
-                "type": "s7",
-                "scan_interval_ms": scan_ms,
-                "devices": devices,
-                "tags": tags,
-                "things": things,
-            }
-        ],
-    }
+        things.append(thing(name, mine))
+    config = one_service(
+        cloud_url,
+        {
+            "name": "plant",
+            "type": "s7",
+            "scan_interval_ms": scan_ms,
+            "devices": devices,
+            "tags": tags,
+            "things": things,
+        },
+    )
     return config, procs
 
 
