@@ -2,7 +2,9 @@
 platform simulator: the overview's numbers are the status API's; a declined batch replayed
 from the Declined page reaches the platform, another is purged; a configuration with an error
 shows its line and saves nothing, a valid one (a new metric) reaches the platform without a
-process restart; a standby shows the banner and no edit form; a viewer sees no admin form.
+process restart; a standby shows the banner and no edit form; a viewer sees no admin form;
+the Logs page shows this instance's own log, filtered and refreshed live, without secrets;
+Services says since when each service is in its state.
 With CONSOLE_SCREENSHOTS=docs/console every page is saved as PNG."""
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from console_helpers import (
     shot,
     url,
 )
+from datonis_edge.console.pages.common import when
 from helpers import Gateway, PlatformSim, base_config, free_port, simulator_service, wait_until
 
-PAGES = ["/", "/services", "/things", "/declined", "/config", "/alerts"]
+PAGES = ["/", "/services", "/things", "/declined", "/config", "/alerts", "/logs"]
 
 pytest_plugins = ["console_helpers"]  # the chromium and page fixtures
 
@@ -205,6 +208,17 @@ def test_a_standby_shows_the_banner_and_no_edit_form(
     link = page.get_attribute("#standby-banner a", "href")
     assert link is not None and link.endswith(f":{master.http_port}")
     shot(page, "standby")
+    # a standby's overview lists the master (heartbeat age, console link) and the other standbys
+    other = gateway_factory(None, datadir=master.datadir, name="gw3").start(wait_master=False)
+    other.wait_role("standby")
+    page.goto(url(standby, "/"))
+    page.wait_for_selector(f".standby-row:has-text('{other.name}')")
+    row = page.inner_text("#instances .master-row")
+    assert master.name in row and "ago" in row, row
+    link = page.get_attribute("#instances .master-row a", "href")
+    assert link is not None and link.endswith(f":{master.http_port}")
+    link = page.get_attribute(".standby-row a", "href")
+    assert link is not None and link.endswith(f":{other.http_port}")
     for path in [*PAGES, "/users"]:
         page.goto(url(standby, path))
         assert page.locator("#standby-banner").count() == 1, path
@@ -213,6 +227,8 @@ def test_a_standby_shows_the_banner_and_no_edit_form(
     log_in(page, master, "admin1", STRONG)
     page.wait_for_url(url(master, "/"))
     page.wait_for_selector(f".standby-row:has-text('{standby.name}')")
+    page.wait_for_selector(f".standby-row:has-text('{other.name}')")
+    assert "ago" in page.inner_text("#instances .this-row")  # the master's own heartbeat age
     # a change crafted on the standby's page (an admin, with the CSRF token) is refused: 409
     stored = (master.datadir / "config" / "edge.yaml").read_text()
     page.goto(url(standby, "/declined"))
@@ -266,6 +282,10 @@ def test_an_admin_disables_and_enables_a_service(
     pid = gw.proc.p.pid  # type: ignore[union-attr]
     admin_on(gw, page)
     page.goto(url(gw, "/services"))
+    # each service: its state and since when (the status API's `since`)
+    line = next(s for s in gw.status()["services"] if s["name"] == "line")
+    assert line["state"] == "running" and line["since"] > 0
+    assert page.inner_text("tr[data-service=line] .since") == f"since {when(line['since'])}"
     page.locator("tr[data-service=other] button", has_text="Disable").click()
     page.wait_for_selector(".message")
     assert "other disabled" in page.inner_text(".message")
@@ -279,3 +299,37 @@ def test_an_admin_disables_and_enables_a_service(
     assert gw.proc.p.pid == pid and gw.proc.p.poll() is None  # type: ignore[union-attr]
     actions = [e["action"] for e in audit(gw.datadir)]
     assert "service_disabled" in actions and "service_enabled" in actions
+
+
+def test_the_logs_page_shows_the_own_log_filtered_live_and_without_secrets(
+    gateway_factory: Factory, platform: PlatformSim, page
+) -> None:  # type: ignore[no-untyped-def]
+    config, port = listener_config(platform)
+    gw = gateway_factory(config).start()
+    add_user(gw.datadir, "viewer1", STRONG, "viewer")  # a viewer may read the log
+    log_in(page, gw, "viewer1", STRONG)
+    page.wait_for_url(url(gw, "/"))
+    page.click("nav a[href='/logs']")
+    page.wait_for_url(url(gw, "/logs"))
+    assert "master: epoch" in page.inner_text("#logs")
+    assert edit_forms(page) == 0
+
+    # only warnings and worse: the INFO line goes; then a decline appears without a reload
+    page.select_option("select[name=level]", "WARNING")
+    page.click("#logs-filter button")
+    page.wait_for_url(url(gw, "/logs?level=WARNING&q="))
+    assert "master: epoch" not in page.inner_text("#logs")
+    decline_one(gw, platform, port, "press-logged")
+    page.wait_for_selector("#logs tr.log-error:has-text('422')", timeout=15_000)
+    shot(page, "logs")
+
+    # text filter; the secret key never shows, and the JSON API says the same
+    page.goto(url(gw, "/logs?q=epoch"))
+    rows = page.locator("#logs tr[class^=log-]").all_inner_texts()
+    assert rows and all("epoch" in r.lower() for r in rows), rows
+    secret = config["cloud"]["secret_key"]
+    page.goto(url(gw, "/logs"))
+    assert secret not in page.content()
+    api = gw.http.get("/api/v1/logs", params={"level": "error"}).json()
+    assert any("422" in ln["text"] for ln in api["lines"])
+    assert all(ln["level"] in ("ERROR", "CRITICAL") for ln in api["lines"])
