@@ -24,6 +24,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..base import Adapter, ReadingSink, Rejected, reading, ticks
+from ..devices import backoff_s
 from .config import OpcUaService
 from .writer import OpcUaWriter
 
@@ -117,7 +118,7 @@ class OpcUaAdapter(Adapter):
                 raise
             except Exception as exc:  # any server or network fault: report, back off, reconnect
                 failures += 1
-                delay = min(self.config.retry_max_backoff_ms / 1000, 0.5 * 2 ** (failures - 1))
+                delay = backoff_s(failures, self.config.retry_max_backoff_ms / 1000)
                 reason = str(exc) or exc.__class__.__name__
                 self.status.error(f"{reason}; reconnecting in {delay:.1f} s", "disconnected")
                 self.status.details["connected"] = False
