@@ -12,7 +12,7 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from console_helpers import STRONG, Factory, add_user, audit, log_in, shot, url
-from helpers import ModbusServer, PlatformSim, base_config, wait_until
+from helpers import ModbusServer, PlatformSim, base_config, free_port, wait_until
 
 pytest_plugins = ["console_helpers"]  # the chromium and page fixtures
 
@@ -84,6 +84,10 @@ def test_an_admin_writes_a_tag_through_its_instruction_rule(
     writes = [e for e in audit(gw.datadir) if e["action"] == "tag_write"]
     assert [w["success"] for w in writes] == [False, True]
     assert writes[1]["instruction"] == {"command": "set_speed", "value": 1234}
+    # both went the instruction engine's one-at-a-time way, neither stored nor acknowledged
+    instructions = gw.status()["instructions"]
+    assert instructions["counters"]["console_writes"] == 2
+    assert instructions["counters"]["received"] == 0
     shot(page, "things-write")
 
     def shown() -> bool:  # the next scan reads it back: the latest value on the page
@@ -97,3 +101,27 @@ def test_an_admin_writes_a_tag_through_its_instruction_rule(
     page.wait_for_url(url(gw, "/"))
     page.goto(url(gw, "/things"))
     assert page.locator("form.write-form").count() == 0
+
+
+def test_services_shows_each_device_of_a_modbus_service(
+    gateway_factory: Factory, platform: PlatformSim, modbus: ModbusServer, page
+) -> None:  # type: ignore[no-untyped-def]
+    service = press(modbus.port)
+    service["devices"].append({"name": "plc2", "port": free_port(), "timeout_ms": 300})
+    service["tags"].append({"name": "temp", "register": "holding", "address": 11, "device": "plc2"})
+    config = base_config(platform)
+    config["services"] = [service]
+    gw = gateway_factory(config).start()
+    add_user(gw.datadir, "viewer1", STRONG, "viewer")
+    log_in(page, gw, "viewer1", STRONG)
+    page.wait_for_url(url(gw, "/"))
+
+    def shown() -> bool:
+        page.goto(url(gw, "/services"))
+        return "not answering" in page.inner_text("tr[data-service=press] .devices")
+
+    wait_until(shown, 15, "plc2 shown as not answering")
+    assert "connected" in page.inner_text("tr[data-service=press] [data-device=plc1]")
+    assert "not answering" in page.inner_text("tr[data-service=press] [data-device=plc2]")
+    assert "degraded" in page.inner_text("tr[data-service=press] .state")
+    assert "since" in page.inner_text("tr[data-service=press] .state")
