@@ -1,12 +1,22 @@
-"""The commit window: at a low steady rate appends share commits; a lone append commits alone."""
+"""The commit window: at a low steady rate appends share commits; a lone append commits alone.
+And its counterpart in the mqtt_listener: a steady stream is stored in batches (one append,
+one commit, one PUBACK write each), a lone message on its own."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from datonis_edge.adapters.mqtt_listener.adapter import MqttListenerAdapter
+from datonis_edge.adapters.mqtt_listener.config import MqttListenerService
 from datonis_edge.store import group_commit
 from datonis_edge.store.outbox import Outbox
+from helpers import Mosquitto
 
 
 def _event(i: int) -> list[dict]:
@@ -73,3 +83,77 @@ async def test_a_producer_that_waits_for_each_commit_is_not_slowed_by_fruitless_
         assert await _drain_seqs(outbox) == list(range(200))
     finally:
         outbox.close()
+
+
+def _publish_steadily(port: int, n: int) -> None:
+    """`n` QoS 1 messages, about one a millisecond (a paho publisher on its own thread)."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.max_inflight_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = []
+        for seq in range(n):
+            payload = b'{"seq": %d, "temperature": 21}' % seq
+            infos.append(client.publish(f"plant/press-{seq % 3}/data", payload, qos=1))
+            time.sleep(0.001)
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def test_the_listener_stores_a_steady_stream_in_batches_and_a_lone_message_alone(
+    tmp_path: Path,
+) -> None:
+    """mosquitto as it comes (no TCP_NODELAY: it holds a small PUBLISH until the one before is
+    TCP-acknowledged). Before the listener acknowledged its reads at once, each message came
+    only after the PUBACK of the one before, and every batch held one message."""
+    broker = Mosquitto(tmp_path).start()
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.open()
+    batches: list[list[int]] = []
+
+    async def sink(readings: list[dict[str, Any]], raw: Any = None, checked: bool = False) -> int:
+        batches.append([r["data"]["seq"] for r in readings])
+        await outbox.append(readings)
+        return len(readings)
+
+    config = MqttListenerService(
+        type="mqtt_listener",
+        name="line",
+        port=broker.port,
+        topics=["plant/+/data"],
+        thing_key_topic_level=1,
+    )
+    adapter = MqttListenerAdapter(config, sink, workdir=tmp_path)
+    run = asyncio.create_task(adapter.run())
+
+    def stored() -> list[int]:
+        return [seq for batch in batches for seq in batch]
+
+    async def until(predicate: Any, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    try:
+        await until(lambda: adapter.status.state == "connected", "the listener to connect")
+        await asyncio.sleep(0.3)  # its SUBSCRIBE follows the connection
+        await asyncio.to_thread(_publish_steadily, broker.port, 600)
+        # every message stored once and acknowledged (nothing held unacknowledged)
+        await until(lambda: len(stored()) >= 600 and adapter._inbox.lag()[0] == 0, "all 600")
+        assert sorted(stored()) == list(range(600))
+        assert len(batches) * 3 <= 600, f"{len(batches)} batches for 600 messages"
+
+        await asyncio.sleep(0.1)  # a pause, then one message: stored on its own, acknowledged
+        await asyncio.to_thread(_publish_steadily, broker.port, 1)
+        await until(lambda: len(stored()) == 601 and adapter._inbox.lag()[0] == 0, "the lone one")
+        assert batches[-1] == [0]
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        outbox.close()
+        broker.stop()

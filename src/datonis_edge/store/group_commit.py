@@ -193,8 +193,10 @@ class GroupCommitThread:
         """The commit window: a small group of appends that follows others closely waits for
         more, until WINDOW_S after its first was queued, until none came for four times the
         usual gap between appends, or until WINDOW_EVENTS events. A lone append after a pause,
-        a group holding anything but appends (a read, an ack), a large one, or any at a rate
-        above WINDOW_EVENTS per WINDOW_S (where the queue batches by itself) commits at once.
+        a group holding anything but appends (a read, an ack), a large one, appends that come
+        less often than two per WINDOW_S (producers that gather their own batches, as the
+        mqtt_listener does), or any at a rate above WINDOW_EVENTS per WINDOW_S (where the
+        queue batches by itself) commits at once.
         A window that did not at least double its group (producers that wait for their
         commit, as HTTP clients do) makes the next ones rarer. True: stop was queued."""
         gap = ops[0].at - self._last_at
@@ -205,6 +207,7 @@ class GroupCommitThread:
         if (
             events >= WINDOW_EVENTS
             or gap > WINDOW_S  # idle before: a lone reading must not wait
+            or 2 * self._gap > WINDOW_S  # fewer than two more expected: producers that gather
             or self._gap < self._per_op * WINDOW_S / WINDOW_EVENTS  # a high rate: the queue batches
         ):
             return False

@@ -14,7 +14,7 @@ same, so that the broker does not send it again and again: it is counted as `mal
 (at most once a minute) and kept for inspection in `<datadir>/malformed/<service>.jsonl`.
 
 Overload is back-pressure: at most MAX_HELD messages are held unacknowledged; beyond that the
-listener reads nothing more (client.Inbox) and the broker keeps the rest, while the connection
+listener reads nothing more (inbox.Inbox) and the broker keeps the rest, while the connection
 stays up. The backlog is in the status (`backlog_messages`, `backlog_age_s`, `behind`); falling
 behind is logged once, catching up once.
 """
@@ -38,8 +38,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ...logs import OnceLogger, json_line
 from ...readings import InvalidReading
 from ..base import Adapter, ReadingSink, Rejected
-from .client import Inbox, ListenerClient, Received
+from .client import ListenerClient, Received
 from .config import MqttListenerService
+from .inbox import Inbox
 from .payload import parse_payload, parse_plain
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ MAX_BATCH = 5000
 
 MAX_HELD = 20_000
 """Messages held (received, not yet acknowledged) at most; beyond it the listener stops
-reading and the broker holds the rest (see client.Inbox)."""
+reading and the broker holds the rest (see inbox.Inbox)."""
 
 BEHIND_AFTER_S = 5.0
 """The listener is behind when it had to stop reading, or its oldest message waited this long."""

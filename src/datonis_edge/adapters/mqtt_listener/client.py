@@ -1,4 +1,4 @@
-"""The mqtt_listener's side of the wire: paho made cheap per message, and a bounded inbox.
+"""The mqtt_listener's side of the wire: paho made cheap per message.
 
 paho reads one packet per turn of its loop: a select() and three or four recv() calls for
 each message, and every PUBACK queued from another thread is one more wake-up write. At tens
@@ -6,22 +6,14 @@ of thousands of messages a second that was most of the listener's CPU. `Listener
 the socket 64 KiB at a time (`ReadAhead`; paho skips its select() while `pending()` says
 bytes are buffered, as it does for TLS) and acknowledges a whole batch with one write.
 
-`Inbox` hands messages from paho's network thread to the event loop and is the listener's
-back-pressure: at most `limit` messages are held (received, not yet acknowledged); beyond
-that paho's thread waits before it reads more, so TCP and the broker hold the rest. QoS 1
-messages are also bounded by the broker's inflight window, since each is acknowledged only
-once stored: paho's thread keeps reading (and answering the keep-alive) while we store.
+Each message goes to `deliver` (the adapter hands it to its `inbox.Inbox`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import ssl
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -198,84 +190,3 @@ class ListenerClient(mqtt.Client):
         if self._sockpairW is not None:  # wake paho's loop to write it
             with contextlib.suppress(BlockingIOError):
                 self._sockpairW.send(b"0")
-
-
-class Inbox:
-    """Messages from paho's thread to the event loop; at most `limit` held (received and not
-    yet acknowledged). `put` (paho's thread) waits while the limit is reached: the listener
-    stops reading, and `while_waiting` runs every `every_s` meanwhile (the keep-alive). The
-    event loop `take`s a batch and calls `done` once it is acknowledged (batches are
-    acknowledged in the order they were taken)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.while_waiting: Callable[[], None] | None = None
-        self.every_s = 15.0
-        self._cond = threading.Condition()
-        self._queue: deque[tuple[float, Any]] = deque()
-        self._taken: deque[tuple[float, int]] = deque()  # (first arrival, size) per batch
-        self._held = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-        self.waited = False  # paho's thread had to wait for room since the last `lag()`
-        self._waiting = False  # it waits now
-
-    def put(self, msg: Any) -> None:
-        while True:
-            with self._cond:
-                if self._held >= self.limit and not self._closed:
-                    self.waited = self._waiting = True
-                    if self._cond.wait(self.every_s) or self.while_waiting is None:
-                        continue
-                else:
-                    self._waiting = False
-                    break
-            self.while_waiting()  # outside the lock: `done` must not wait for the socket
-        with self._cond:
-            self._queue.append((time.monotonic(), msg))
-            self._held += 1
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.get_loop().call_soon_threadsafe(_wake, waiter)
-
-    put_nowait = put  # (it waits only at the limit)
-
-    async def take(self, most: int) -> list[Any]:
-        while True:
-            with self._cond:
-                if self._queue:
-                    n = min(most, len(self._queue))
-                    first = self._queue[0][0]
-                    batch = [self._queue.popleft()[1] for _ in range(n)]
-                    self._taken.append((first, n))
-                    return batch
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
-
-    def done(self) -> None:
-        """The oldest batch taken is acknowledged (or dropped, unacknowledged, at a stop)."""
-        with self._cond:
-            if self._taken:
-                self._held -= self._taken.popleft()[1]
-                self._cond.notify()
-
-    def lag(self) -> tuple[int, float, bool]:
-        """(messages held, seconds the oldest of them has waited, whether paho's thread waits
-        for room or had to since the last call)."""
-        with self._cond:
-            oldest = self._taken[0][0] if self._taken else None
-            if oldest is None and self._queue:
-                oldest = self._queue[0][0]
-            waited, self.waited = self.waited or self._waiting, False
-            age = time.monotonic() - oldest if oldest is not None else 0.0
-            return self._held, age, waited
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
