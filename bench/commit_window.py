@@ -13,6 +13,13 @@ latencies:
   message's `seq`): the above plus the broker's hop and its queue (mosquitto keeps at most
   20 messages in flight to a subscriber, the rest wait in its queue).
 
+`--pipeline` runs the whole way instead, as bench/peer_thingsboard.py does for this gateway:
+the peer load (raw MQTT, QoS 1, 3 datapoints a message) → mosquitto as it comes (no
+TCP_NODELAY) → mqtt_listener → outbox → `mqtt_broker` uplink → a second mosquitto → the
+sink, at 1,000 / 2,000 / 3,000 msg/s; reported: the gateway's CPU seconds per message (robust
+to a contended machine, unlike % of a core) and per thread, commits (fsyncs) a second, lost
+datapoints. `--quick`: shorter steps, fewer rates (a smoke run).
+
 Run it for the code before a change with `PYTHONPATH=<worktree>/src python bench/commit_window.py
 before` (the gateway process inherits PYTHONPATH)."""
 
@@ -22,7 +29,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -31,7 +42,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from common import Edge, cloud, cpu_seconds, free_port, report, wait_until
+from common import CLK, Edge, cloud, cpu_seconds, free_port, report, wait_until
 from helpers import Mosquitto  # common put tests/ on the path
 
 
@@ -213,7 +224,73 @@ def run(rate: int, seconds: int = 10, label: str = "") -> dict:
         e2e_ack_p50_ms=pct(e2e, 0.5),
         e2e_ack_p99_ms=pct(e2e, 0.99),
         gateway_cpu_cores=round(cpu / elapsed, 2),
+        cpu_ms_per_msg=round(1000 * cpu / max(1, sent), 3),
     )
+
+
+def cpu_seconds_of(stat: str) -> float:
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each of the process's threads."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            out[int(tid)] = cpu_seconds_of(f"/proc/{pid}/task/{tid}/stat")
+    return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python's names of the gateway's threads (read from a running process: py-spy, when
+    installed; else the thread ids stand)."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return {}
+    out = subprocess.run([spy, "dump", "-p", str(pid)], capture_output=True, text=True).stdout
+    return {int(m[1]): m[2] for m in re.finditer(r'Thread (\d+) \(\w+\): "([^"]+)"', out)}
+
+
+def pipeline(rates: tuple[int, ...], seconds: float, label: str = "") -> list[dict]:
+    """The peer pipeline (module docstring), QoS 1, for this gateway only."""
+    from peer.pipeline import Pipeline, run_rate
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-window-pipeline-") as d:
+        p = Pipeline(Path(d), "datonis-edge").start()
+        try:
+            assert p.edge is not None
+            names = thread_names(p.pid)
+            for rate in rates:
+                st0, threads0 = p.edge.status(), thread_cpu(p.pid)
+                cpu0, t0 = cpu_seconds(p.pid), time.perf_counter()
+                row = run_rate(p, 1, rate, seconds, quiet_s=10)
+                cpu, elapsed = cpu_seconds(p.pid) - cpu0, time.perf_counter() - t0
+                threads, st = thread_cpu(p.pid), p.edge.status()
+                commits = st["outbox"]["commits"] - st0["outbox"]["commits"]
+                per_thread = {
+                    names.get(tid, str(tid)): round(1000 * (s - threads0.get(tid, 0)) / row.sent, 3)
+                    for tid, s in threads.items()
+                    if s - threads0.get(tid, 0) >= 0.05
+                }
+                rows.append(
+                    report(
+                        f"commit window pipeline {rate}/s {label}".strip(),
+                        messages=row.sent,
+                        lost_dp=row.lost,
+                        duplicate_dp=row.duplicates,
+                        cpu_ms_per_msg=round(1000 * cpu / max(1, row.sent), 3),
+                        cpu_pct_of_a_core=round(row.cpu_pct, 1),
+                        commits_per_s=round(commits / elapsed),
+                        messages_per_commit=round(row.sent / max(1, commits), 1),
+                        cpu_ms_per_msg_by_thread=per_thread,
+                        load_average=float(Path("/proc/loadavg").read_text().split()[0]),
+                    )
+                )
+        finally:
+            p.stop()
+    return rows
 
 
 def _connected(edge: Edge) -> bool:
@@ -223,7 +300,13 @@ def _connected(edge: Edge) -> bool:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Commits at low MQTT rates (mqtt_listener).")
     parser.add_argument("label", nargs="?", default="", help="e.g. before / after")
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=None, help="per step (10; quick: 3)")
+    parser.add_argument("--pipeline", action="store_true", help="the whole way (docstring)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
-    for rate in (500, 2000, 3000):
-        run(rate, args.seconds, args.label)
+    seconds = args.seconds or (3 if args.quick else 10)
+    if args.pipeline:
+        pipeline((2000,) if args.quick else (1000, 2000, 3000), seconds, args.label)
+    else:
+        for rate in (500, 2000) if args.quick else (500, 2000, 3000):
+            run(rate, seconds, args.label)
