@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import Adapter, Rejected, adapter_class
-from .adapters.base import WriteFailed
 from .forwarder import Forwarder
 from .housekeeping import Housekeeping
 from .instructions import InstructionEngine
-from .instructions.plan import NoRule
 from .readings import InvalidReading, check_reading
 from .root_config import Config
 from .status import Alerts, PartStatus
@@ -235,23 +233,6 @@ class Pipeline:
 
     async def replay(self, ids: list[str] | None) -> int:
         return await self.housekeeping.replay(ids)
-
-    async def write_instruction(
-        self, thing_key: str, instruction: dict[str, Any]
-    ) -> tuple[bool, str]:
-        """An instruction typed in the console: planned by the thing's rules, every value
-        checked, then written, as one from the platform is (instructions/), but neither stored
-        nor acknowledged: nobody on the platform waits for it. (success, what was done)."""
-        mapping = self.instructions.mapping
-        try:
-            plan = mapping.plan(thing_key, instruction)
-        except NoRule as exc:
-            return False, str(exc)
-        try:
-            await mapping.check(plan)
-        except WriteFailed as exc:  # a value that does not fit, or the device does not answer
-            return False, f"{plan.rule.name}: nothing written: {exc.reason}"
-        return await InstructionEngine._write(plan)
 
     # ------------------------------------------------------------------ status
 

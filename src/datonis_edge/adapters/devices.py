@@ -36,6 +36,7 @@ def device_state(name: str, address: str, tags: int, **extra: Any) -> dict[str, 
         "connected": False,
         "last_error": None,
         "last_good_read_ms": None,
+        "since_ms": None,  # when `connected` last changed (first answer or first failure)
         "requests": 0,
         "errors": 0,  # failed reads: the device did not answer, or refused a part
         "tags": tags,
@@ -68,13 +69,19 @@ class PolledDevice:
         self.state["errors"] += 1
         delay = backoff_s(self.failures, self.max_backoff_s)
         self.retry_at = time.monotonic() + delay
-        self.state.update(connected=False, last_error=f"{message}; retrying in {delay:.1f} s")
+        self._connected(False)
+        self.state["last_error"] = f"{message}; retrying in {delay:.1f} s"
         return delay
+
+    def _connected(self, connected: bool) -> None:
+        if self.state["connected"] != connected or self.state["since_ms"] is None:
+            self.state["since_ms"] = int(time.time() * 1000)
+        self.state["connected"] = connected
 
     def answered(self, values: dict[str, Any], errors: Sequence[str] = ()) -> None:
         """The device answered; `errors` are the parts of it that it refused."""
         self.failures = 0
-        self.state["connected"] = True
+        self._connected(True)
         if values:
             self.state["last_good_read_ms"] = int(time.time() * 1000)
         self.state["last_error"] = "; ".join(errors) if errors else None
