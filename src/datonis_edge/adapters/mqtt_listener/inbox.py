@@ -28,7 +28,7 @@ from typing import Any
 
 COLLECT_S = 0.008  # the longest the first message of a batch waits for company
 ENOUGH = 256  # a batch this large goes at once: the rate is high, the loop batches by itself
-QUIET_MIN_S = 0.001  # "none came for a while" is never shorter than this (timer wake-ups)
+QUIET_MIN_S = 0.003  # "none came for a while" is never shorter: each check is a wake-up
 
 
 class Inbox:
