@@ -1,6 +1,7 @@
 """The commit window: at a low steady rate appends share commits; a lone append commits alone.
 And its counterpart in the mqtt_listener: a steady stream is stored in batches (one append,
-one commit, one PUBACK write each), a lone message on its own."""
+one commit, one PUBACK write each), a lone message on its own. And the forwarder, while a
+partial batch waits for the transmit interval, does not read the outbox after every append."""
 
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from datonis_edge.adapters.mqtt_listener.adapter import MqttListenerAdapter
 from datonis_edge.adapters.mqtt_listener.config import MqttListenerService
+from datonis_edge.forwarder import Forwarder
+from datonis_edge.model import Batch, Outcome
+from datonis_edge.status import Alerts
 from datonis_edge.store import group_commit
+from datonis_edge.store.declined import DeclinedStore
 from datonis_edge.store.outbox import Outbox
+from datonis_edge.uplinks.base import Uplink
+from datonis_edge.uplinks.mqtt_broker.config import MqttBrokerCloud
 from helpers import Mosquitto
 
 
@@ -157,3 +164,56 @@ async def test_the_listener_stores_a_steady_stream_in_batches_and_a_lone_message
         await asyncio.gather(run, return_exceptions=True)
         outbox.close()
         broker.stop()
+
+
+async def test_a_partial_batch_waits_for_the_interval_without_a_read_per_append(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """200 appends while a batch of up to 1,000 waits for its 1 s interval: before, each append
+    woke the forwarder to read (and decode) the whole partial batch again."""
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.open()
+    reads = [0]
+    read = outbox.read
+
+    async def counted(*args: Any) -> Any:
+        reads[0] += 1
+        return await read(*args)
+
+    monkeypatch.setattr(outbox, "read", counted)
+    sent: list[list[int]] = []
+
+    class Recording(Uplink):
+        async def send(self, batch: Batch) -> Outcome:
+            sent.append([e["data"]["seq"] for e in batch.events])
+            return Outcome.delivered(200)
+
+    cloud = MqttBrokerCloud(
+        protocol="mqtt_broker",
+        endpoint="mqtt://127.0.0.1:1",
+        bulk_max_elements=1000,
+        bulk_transmit_interval_ms=1000,
+    )
+    forwarder = Forwarder(
+        outbox, DeclinedStore(tmp_path / "declined"), Recording("rec"), cloud, 1, Alerts()
+    )
+    task = asyncio.create_task(forwarder.run())
+    try:
+        await outbox.append(_event(0))
+        deadline = time.monotonic() + 30
+        while not sent:  # the first goes at once (nothing sent for longer than the interval)
+            assert time.monotonic() < deadline, "the first event was not sent"
+            await asyncio.sleep(0.01)
+        reads[0] = 0
+        for i in range(1, 201):
+            await outbox.append(_event(i))
+        while sum(map(len, sent)) < 201:
+            assert time.monotonic() < deadline, f"not all sent: {sent}"
+            await asyncio.sleep(0.01)
+        assert [seq for batch in sent for seq in batch] == list(range(201))
+        assert len(sent) == 2, [len(b) for b in sent]  # the 200 waited for the interval
+        assert reads[0] <= 10, f"{reads[0]} reads for 200 appends"
+    finally:
+        forwarder.stop_soon()
+        await asyncio.wait_for(task, 10)
+        outbox.close()
