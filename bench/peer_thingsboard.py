@@ -146,8 +146,9 @@ def run(
     qos_levels: list[int] | None = None,
     rates_too: bool = True,
     outages_too: bool = True,
+    only_rates: tuple[int, ...] = (),
 ) -> list[Row]:
-    rates = QUICK_RATES if quick else FULL_RATES
+    rates = only_rates or (QUICK_RATES if quick else FULL_RATES)
     seconds = 4.0 if quick else 15.0
     lengths = (10.0,) if quick else (20.0, 120.0)
     gateways = gateways or list(GATEWAYS)
@@ -175,8 +176,10 @@ def main() -> None:
     parser.add_argument("--qos", type=int, choices=(0, 1), action="append", help="only these")
     parser.add_argument("--no-outage", action="store_true", help="rates only")
     parser.add_argument("--only-outage", action="store_true", help="outages only")
+    parser.add_argument("--rates", help="msg/s steps, comma-separated (e.g. 1000,2000,3000)")
     args = parser.parse_args()
-    run(args.quick, args.gateway, args.qos, not args.only_outage, not args.no_outage)
+    rates = tuple(int(r) for r in args.rates.split(",")) if args.rates else ()
+    run(args.quick, args.gateway, args.qos, not args.only_outage, not args.no_outage, rates)
 
 
 if __name__ == "__main__":
