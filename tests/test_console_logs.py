@@ -87,5 +87,6 @@ def test_setup_installs_the_ring_once() -> None:
         logging.getLogger("datonis_edge.somewhere").info("seen on the Logs page")
         assert logs.RING.recent(text="seen on the Logs page")
     finally:
+        logging.captureWarnings(False)  # setup turned it on: later tests start without it
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
