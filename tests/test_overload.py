@@ -14,6 +14,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from datonis_edge.adapters.mqtt_listener import adapter as listener
@@ -273,3 +275,52 @@ def test_publishes_are_taken_whole_from_the_read_ahead_and_the_rest_left_to_paho
     cut = ReadAhead(_Socket(whole[:-1]))  # type: ignore[arg-type]
     cut.recv(0)
     assert cut.take_publishes(got.append) == 0 and cut.pending() == len(whole) - 1
+
+
+_packets = st.lists(
+    st.tuples(
+        st.binary(min_size=1, max_size=40),  # topic
+        st.integers(1, 65535),  # mid
+        st.binary(max_size=600),  # payload
+        st.sampled_from([0, 1]),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(packets=_packets, tail=st.binary(max_size=64), cut=st.integers(0, 64))
+def test_the_read_ahead_parser_takes_exactly_the_whole_publishes_and_never_raises(
+    packets: list[tuple[bytes, int, bytes, int]], tail: bytes, cut: int
+) -> None:
+    """Fuzzed: whole PUBLISH packets followed by anything (garbage, a packet cut short):
+    every whole one is taken as it was sent, in order; nothing past them is consumed; the
+    rest is left, byte for byte, to paho's own parser, which answers a malformed packet."""
+    from datonis_edge.adapters.mqtt_listener.client import ReadAhead, Received
+
+    wire = b"".join(_publish(t, m, p, q) for t, m, p, q in packets)
+    rest = tail[: max(0, len(tail) - cut)]
+    sock = ReadAhead(_Socket(wire + rest))  # type: ignore[arg-type]
+    sock.recv(0)  # fills the read-ahead
+    got: list[Received] = []
+    taken = sock.take_publishes(got.append)
+    assert taken >= len(packets)
+    sent = [(t.decode("utf-8", "replace"), m if q else 0, q, p) for t, m, p, q in packets]
+    assert [(r.topic, r.mid, r.qos, r.payload) for r in got[: len(packets)]] == sent
+    # what a garbage tail was taken for is whatever bytes it framed; nothing beyond the data
+    assert 0 <= sock.pending() <= len(rest)
+    left = sock.recv(sock.pending()) if sock.pending() else b""
+    assert (wire + rest).endswith(left)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_the_read_ahead_parser_never_raises_on_garbage(data: bytes) -> None:
+    from datonis_edge.adapters.mqtt_listener.client import ReadAhead, Received
+
+    sock = ReadAhead(_Socket(data))  # type: ignore[arg-type]
+    sock.recv(0)
+    got: list[Received] = []
+    sock.take_publishes(got.append)
+    assert 0 <= sock.pending() <= len(data)
+    assert sum(len(r.payload) for r in got) <= len(data)
