@@ -88,7 +88,10 @@ def open_envelope(payload: bytes) -> tuple[dict[str, Any], dict[str, Any], bytes
     """(body, envelope keys, the bytes the hash covers) of a received message, as the platform
     checks it (§5: parse, remove the envelope keys, re-serialise compactly in received order).
     Raises ValueError if it is not a JSON object."""
-    obj = json.loads(payload)
+    try:
+        obj = json.loads(payload)
+    except RecursionError:  # nested deeper than the parser goes: garbage, not a crash
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     keys = {k: obj.pop(k) for k in _ENVELOPE_KEYS if k in obj}

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 # the signed part ends where `,"access_key":"..","hash":".."}` starts (whitespace after it allowed)
@@ -101,10 +102,16 @@ def _hash_matches(payload: bytes, obj: dict[str, Any], secret_key: str, digest: 
     if raw and hmac.compare_digest(_hmac(secret_key, raw), want):
         return True
     rest = {k: v for k, v in obj.items() if k not in ("access_key", "hash")}
-    return any(
-        hmac.compare_digest(_hmac(secret_key, _compact(rest, ascii_only)), want)
-        for ascii_only in (True, False)
-    )
+    return any(hmac.compare_digest(_hmac(secret_key, body), want) for body in _forms(rest))
+
+
+def _forms(rest: dict[str, Any]) -> Iterator[bytes]:
+    """The Python SDK's serialisations of the body, `ensure_ascii` on, then off."""
+    yield _compact(rest, True)
+    try:
+        yield _compact(rest, False)
+    except UnicodeEncodeError:  # a lone surrogate (\ud800) has no UTF-8 form to sign
+        return
 
 
 def verify_instruction(payload: bytes, access_key: str, secret_key: str) -> dict[str, Any]:

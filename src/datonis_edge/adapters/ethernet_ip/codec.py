@@ -151,6 +151,8 @@ def decode_values(data: bytes, count: int) -> tuple[TypeInfo, list[Any]]:
         width = 2 if code == CIP_STRING else 1
         for _ in range(count):
             length = int.from_bytes(body[at : at + width], "little")
+            if at + width + length > len(body):
+                raise ValueError(f"the reply ends inside string {len(out) + 1} of {count}")
             out.append(body[at + width : at + width + length].decode("latin-1"))
             at += width + length + (length % 2 if code == CIP_STRING else 0)
         return kind, out
@@ -158,6 +160,8 @@ def decode_values(data: bytes, count: int) -> tuple[TypeInfo, list[Any]]:
         return kind, [body.hex()]
     name, fmt = ATOMIC[code]
     size = struct.calcsize(fmt)
+    if len(body) < size * count:  # a cut reply: never a shorter array taken for the whole
+        raise ValueError(f"{len(body)} bytes of data for {count} {name} values")
     if name == "REAL":
         return kind, [_float32(body[i * 4 : i * 4 + 4]) for i in range(count)]
     values = [v for (v,) in struct.iter_unpack(fmt, body[: size * count])]
