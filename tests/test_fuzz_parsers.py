@@ -22,8 +22,18 @@ from datonis_edge.adapters.mtconnect.documents import (
     Streams,
     parse_streams,
 )
+from datonis_edge.adapters.s7.adapter import _Plc
 from datonis_edge.adapters.s7.address import parse_address
-from datonis_edge.adapters.s7.codec import Block, Item, Request, decode
+from datonis_edge.adapters.s7.codec import (
+    Block,
+    Item,
+    Request,
+    TagRead,
+    decode,
+    plan_blocks,
+    plan_requests,
+)
+from datonis_edge.adapters.s7.config import S7Device
 from datonis_edge.adapters.s7.link import ItemRefused, LinkDown, S7Link
 from datonis_edge.protocol import datonis as wire
 from datonis_edge.protocol.instructions import (
@@ -118,6 +128,57 @@ def test_s7_random_answers_are_refused_clearly(answer: bytes, lengths: list[int]
         return
     assert len(out) == len(lengths)
     assert all(isinstance(g, ItemRefused) or len(g) == n for g, n in zip(out, lengths, strict=True))
+
+
+_PLC_TAGS = [
+    ("label", parse_address("DB1.DBB0", "STRING", 10)),
+    ("count", parse_address("DB1.DBW14", "INT")),
+    ("speed", parse_address("DB1.DBD20", "REAL")),
+    ("running", parse_address("DB1.DBX24.3")),
+    ("total", parse_address("MD8", "DINT")),
+]
+
+
+def _plc_scan(memory: dict[int, bytes], edits: list[tuple[int, int, int]]) -> _Plc:
+    """One scan of a PLC whose link answers every request from `memory` (area code ->
+    bytes), the answer mutated by `edits`."""
+    blocks = plan_blocks([TagRead(n, a) for n, a in _PLC_TAGS], max_gap=4)
+    plc = _Plc(S7Device(name="press"), blocks, 1.0)
+    plc.requests = plan_requests(blocks, 240)
+    link = plc.link
+    link.client = SimpleNamespace(
+        get_connected=lambda: True,
+        protocol=SimpleNamespace(build_multi_read_request=lambda specs: specs),
+    )
+
+    async def exchange(specs: Any) -> bytes:
+        answer = _s7_answer([memory[area][at : at + n] for area, _db, at, n in specs])
+        return _mutated(answer, edits)
+
+    link._exchange = exchange  # type: ignore[method-assign]
+    plc.values = asyncio.run(plc.read())  # type: ignore[attr-defined]
+    return plc
+
+
+@FAST
+@given(
+    db=st.binary(min_size=32, max_size=32), merker=st.binary(min_size=12, max_size=12), edits=_edits
+)
+def test_s7_plc_scan_reads_values_or_names_the_trouble_in_its_status(
+    db: bytes, merker: bytes, edits: list[tuple[int, int, int]]
+) -> None:
+    memory = {0x84: db, 0x83: merker}
+    plc = _plc_scan(memory, edits)
+    values: dict[str, Any] = plc.values  # type: ignore[attr-defined]
+    if not edits:
+        by_area = {"DB": db, "M": merker}
+        assert values == {n: decode(by_area[a.area][a.offset :], a) for n, a in _PLC_TAGS}
+    if not values or len(values) < len(_PLC_TAGS):
+        assert plc.state["name"] == "press" and plc.state["last_error"]
+    assert set(values) <= {n for n, _ in _PLC_TAGS}
+    label = values.get("label")
+    assert label is None or (isinstance(label, str) and len(label) <= 10)
+    assert -(1 << 15) <= values.get("count", 0) < 1 << 15
 
 
 @FAST
@@ -287,9 +348,19 @@ def test_http_ack_of_any_shape_settles_or_is_ignored(code: Any, msg: Any, contex
     fut: asyncio.Future[Outcome] = _LOOP.create_future()
     fake = SimpleNamespace(_waiting={"ctx": [fut]})
     DatonisMqttUplink._settle(fake, payload)  # type: ignore[arg-type]
-    if fut.done():
-        assert isinstance(fut.result(), Outcome)
+    settles = context in ("ctx", wire.PARSE_ERROR) and _as_int(code) is not None
+    assert fut.done() == settles
+    if settles:
+        outcome = fut.result()
+        assert isinstance(outcome, Outcome) and outcome.status == _as_int(code)
         assert isinstance(wire.ack_message(msg), str)
+
+
+def _as_int(code: Any) -> int | None:
+    try:
+        return int(code)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 @FAST
@@ -361,23 +432,26 @@ def test_streams_with_random_attributes_read_or_are_refused_clearly(
     _streams_or_refused(body)
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>',
-        _STREAMS.replace(b"<Streams>", b"<Streams>" + b"<a>" * 300_000),
-        _STREAMS.replace(b"ACTIVE", b"&#xD800;"),
-        _STREAMS.replace(b"ACTIVE", b"&undefined;"),
-        _STREAMS.replace(b'sequence="2"', b'sequence="' + b"9" * 5000 + b'"'),
-        _STREAMS.replace(b"2026-11-26T06:07:48Z", b"9999-12-31T23:59:59-23:59"),
-        _STREAMS.replace(b"2026-11-26T06:07:48Z", b"0001-01-01T00:00:00+23:59"),
-        b"\xff\xfe<\x00x\x00",
-        b"",
-    ],
-    ids=range(9),
-)
-def test_hostile_streams_documents_are_refused_or_read(body: bytes) -> None:
-    _streams_or_refused(body)
+_HOSTILE_DOCUMENTS = [  # (document, read: True / refused: False)
+    (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>', False),
+    (_STREAMS.replace(b"<Streams>", b"<Streams>" + b"<a>" * 300_000), False),
+    (_STREAMS.replace(b"ACTIVE", b"&#xD800;"), False),
+    (_STREAMS.replace(b"ACTIVE", b"&undefined;"), False),
+    (_STREAMS.replace(b'sequence="2"', b'sequence="' + b"9" * 5000 + b'"'), False),
+    (_STREAMS.replace(b"2026-11-26T06:07:48Z", b"9999-12-31T23:59:59-23:59"), True),
+    (_STREAMS.replace(b"2026-11-26T06:07:48Z", b"0001-01-01T00:00:00+23:59"), True),
+    (_STREAMS.replace(b"2026-11-26T06:07:48Z", b"2026-13-26T06:07:48Z"), False),
+    (b"\xff\xfe<\x00x\x00", False),
+    (b"", False),
+]
+
+
+@pytest.mark.parametrize(("body", "read"), _HOSTILE_DOCUMENTS, ids=range(len(_HOSTILE_DOCUMENTS)))
+def test_hostile_streams_documents_are_refused_or_read(body: bytes, read: bool) -> None:
+    doc = _streams_or_refused(body)
+    assert (doc is not None) == read
+    if read:
+        assert isinstance(doc, Streams) and len(doc.observations) == 4
 
 
 # ---- the platform simulator's MQTT side ------------------------------------------------------
