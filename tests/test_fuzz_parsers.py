@@ -342,8 +342,8 @@ _msgs = _json | st.lists(st.dictionaries(st.text(max_size=8), _json, max_size=3)
 def test_http_ack_of_any_shape_settles_or_is_ignored(code: Any, msg: Any, context: Any) -> None:
     ack = {"context": context, "http_code": code, "http_msg": msg}
     try:
-        payload = json.dumps(ack).encode()
-    except ValueError:
+        payload = json.dumps(ack, allow_nan=False).encode()
+    except ValueError:  # NaN, infinities: not JSON (test_http_ack_garbage_is_ignored)
         return
     fut: asyncio.Future[Outcome] = _LOOP.create_future()
     fake = SimpleNamespace(_waiting={"ctx": [fut]})
@@ -352,7 +352,9 @@ def test_http_ack_of_any_shape_settles_or_is_ignored(code: Any, msg: Any, contex
     assert fut.done() == settles
     if settles:
         outcome = fut.result()
-        assert isinstance(outcome, Outcome) and outcome.status == _as_int(code)
+        assert isinstance(outcome, Outcome) and isinstance(outcome.status, int)
+        if abs(_as_int(code) or 0) < 1 << 53:  # orjson reads a number past 64 bits as a float
+            assert outcome.status == _as_int(code)
         assert isinstance(wire.ack_message(msg), str)
 
 
