@@ -16,6 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datonis_edge.adapters.ethernet_ip import codec as cip
+from datonis_edge.adapters.ethernet_ip.reader import Reader
+from datonis_edge.adapters.ethernet_ip.reader import TagRead as ReaderTag
+from datonis_edge.adapters.ethernet_ip.tagpath import parse as parse_tag
 from datonis_edge.adapters.mtconnect.documents import (
     AgentError,
     BadDocument,
@@ -268,6 +271,46 @@ def test_cip_multiple_service_reply_splits_or_fails_clearly(
             cip.reply_status(embedded)
     except _DECODE_ERRORS:
         pass
+
+
+def _fragments(data: bytes, cut: int, size: int) -> list[bytes]:
+    """Read Tag Fragmented replies carrying `data` (its type header, `cut` bytes, on each):
+    status 0x06 (more to come) on all but the last, at most `size` value bytes each."""
+    head, body = data[:cut], data[cut:]
+    parts = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+    return [
+        bytes([0xD2, 0, 0x06 if i < len(parts) - 1 else 0, 0]) + head + part
+        for i, part in enumerate(parts)
+    ]
+
+
+@FAST
+@given(reply=_cip_reply(), size=st.integers(1, 40), edits=_edits, which=st.integers(0, 20))
+def test_cip_fragmented_read_reassembles_or_names_the_tag(
+    reply: tuple[bytes, int, list[Any]], size: int, edits: list[tuple[int, int, int]], which: int
+) -> None:
+    data, count, values = reply
+    cut = 4 if data[0] == cip.STRUCT else 2
+    replies = _fragments(data, cut, size)
+    if edits:
+        replies[which % len(replies)] = _mutated(replies[which % len(replies)], edits)
+    answers = iter(replies)
+
+    def request(_service: bytes) -> bytes:
+        return next(answers, b"")  # a PLC that goes quiet: an empty reply
+
+    read = ReaderTag.of("tank", parse_tag("Tank", count))
+    read.alone = True
+    got: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    try:
+        Reader(SimpleNamespace(request=request), [read]).read_one(read, got, errors)
+    except _DECODE_ERRORS:
+        return  # raised to the adapter: "a reply the gateway cannot read", reconnects
+    if not edits:
+        assert got == {"tank": values[0] if count == 1 else values} and not errors
+    assert set(got) | set(errors) == {"tank"}
+    assert all(e.startswith("Tank") for e in errors.values())
 
 
 # ---- instructions -------------------------------------------------------------------------
