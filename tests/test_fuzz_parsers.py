@@ -313,6 +313,24 @@ def test_cip_fragmented_read_reassembles_or_names_the_tag(
     assert all(e.startswith("Tank") for e in errors.values())
 
 
+def test_cip_fragmented_read_from_a_plc_that_never_says_done_ends_with_the_tags_error() -> None:
+    requests = 0
+
+    def request(_service: bytes) -> bytes:
+        nonlocal requests
+        requests += 1
+        assert requests < 10_000, "the reader keeps asking for fragments"
+        return b"\xd2\x00\x06\x00\xc4\x00" + b"\x01" * 480  # DINTs, and more to come
+
+    read = ReaderTag.of("tank", parse_tag("Tank", 1))
+    read.alone = True
+    got: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    Reader(SimpleNamespace(request=request), [read]).read_one(read, got, errors)
+    assert not got and "more than 1 values" in errors["tank"]
+    assert requests < 200
+
+
 # ---- instructions -------------------------------------------------------------------------
 
 AK, SK = "ak-fuzz", "sk-fuzz"

@@ -22,6 +22,7 @@ from .tagpath import TagAddress
 
 _GUESS = 88  # bytes of a value whose type is not known yet (a Logix STRING)
 _MARGIN = 8  # bytes of the connection size left unused
+_MOST_PER_ELEMENT = 2 + 65_535 + 1  # the largest element: a CIP STRING of 65,535 characters
 
 
 class Unreadable(ValueError):
@@ -159,6 +160,9 @@ class Reader:
             offset += len(data) - cut
             if status == 0 or len(data) <= cut:
                 break
+            if offset > count * _MOST_PER_ELEMENT:  # a PLC that never says "done"
+                errors[r.name] = f"{r.address.text}: the PLC sends more than {count} values hold"
+                return
         data = header + b"".join(chunks)
         r.reply_size = 4 + len(data)  # whole: the next plan packs it if it fits after all
         try:
