@@ -72,3 +72,18 @@ def test_a_polled_reading_beyond_the_limits_is_refused_alone_and_reported(
     log = gw.proc.log()
     assert log.count("a reading was refused") == 1, log  # once, not once per scan
     assert gw.status()["services"][0]["counters"]["received"] >= 3
+
+
+def test_the_latest_values_stay_bounded_whatever_keys_producers_invent() -> None:
+    """A listener's producers choose thing keys and metric names: the console's table of
+    latest values keeps what it tracks, updates it, and takes no new key past its bounds."""
+    from datonis_edge.pipeline import LatestValues
+
+    latest = LatestValues()
+    latest.MAX_THINGS, latest.MAX_METRICS = 3, 2  # type: ignore[misc]
+    events = [{"thing_key": f"t{i}", "timestamp": i, "data": {"a": i}} for i in range(5)]
+    events.append({"thing_key": "t0", "timestamp": 9, "data": {"a": 90, "b": 91, "c": 92}})
+    latest.update(events)
+    assert set(latest.things) == {"t0", "t1", "t2"}
+    assert latest.things["t0"] == {"a": (90, 9), "b": (91, 9)}  # tracked ones still update
+    assert latest.untracked == 3  # t3, t4, and t0's third metric

@@ -41,6 +41,35 @@ def preload(config: Config) -> None:
             adapter_class(svc.type)
 
 
+class LatestValues:
+    """thing_key -> metric -> (value, time ms) of what was stored last. Bounded: a listener's
+    producers choose thing keys and metric names, so new ones beyond the bounds are not
+    tracked (counted in `untracked`); the readings themselves are stored as ever."""
+
+    MAX_THINGS = 20_000
+    MAX_METRICS = 2_000  # per thing
+
+    def __init__(self) -> None:
+        self.things: dict[str, dict[str, tuple[Any, int]]] = {}
+        self.untracked = 0
+
+    def update(self, events: list[dict[str, Any]]) -> None:
+        things = self.things
+        for event in events:
+            at = event.get("timestamp") or 0
+            metrics = things.get(event["thing_key"])
+            if metrics is None:
+                if len(things) >= self.MAX_THINGS:
+                    self.untracked += 1
+                    continue
+                metrics = things[event["thing_key"]] = {}
+            for metric, value in event["data"].items():
+                if metric in metrics or len(metrics) < self.MAX_METRICS:
+                    metrics[metric] = (value, at)
+                else:
+                    self.untracked += 1
+
+
 class ServiceSink:
     """What one service hands its readings to (the adapters' `ReadingSink`): mapped to
     metrics, checked, stored; counted for the service as received or rejected.
@@ -53,8 +82,7 @@ class ServiceSink:
         self.outbox = outbox
         self.things = things
         self.status = PartStatus(name="", type="")  # the adapter's, set once it exists
-        # thing_key -> metric -> (value, time ms) of what was stored last (the console's Things)
-        self.latest: dict[str, dict[str, tuple[Any, int]]] = {}
+        self.latest = LatestValues()  # what was stored last, for the console's Things page
 
     async def __call__(
         self, readings: list[dict[str, Any]], raw: bytes | None = None, checked: bool = False
@@ -77,14 +105,7 @@ class ServiceSink:
         except OutboxClosed:
             raise Rejected("the gateway is stopping; send again to the new master") from None
         self.status.count("received", len(events))
-        latest = self.latest
-        for event in events:
-            at = event.get("timestamp") or 0
-            metrics = latest.get(event["thing_key"])
-            if metrics is None:
-                metrics = latest[event["thing_key"]] = {}
-            for metric, value in event["data"].items():
-                metrics[metric] = (value, at)
+        self.latest.update(events)
         return len(events)
 
     def _checked(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -240,7 +261,7 @@ class Pipeline:
         """thing_key -> metric -> (latest value, time ms) over every service."""
         out: dict[str, dict[str, tuple[Any, int]]] = {}
         for sink in self.sinks:
-            for key, metrics in sink.latest.items():
+            for key, metrics in sink.latest.things.items():
                 out.setdefault(key, {}).update(metrics)
         return out
 
