@@ -5,15 +5,18 @@ never overlap, both complete, and only the instruction is stored and acknowledge
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import test_instructions_engine
 from datonis_edge.adapters.modbus_tcp.adapter import ModbusTcpAdapter
 from helpers import ModbusServer
-from test_instructions_engine import FakeUplink, NoSink, Rig, modbus_service, read_back
+from test_instructions_engine import Rig, read_back
+
+rig = test_instructions_engine.rig  # the same engine on a real pymodbus server
 
 SLOW_S = 0.2  # per write: long enough that an overlap could not go unseen
 
@@ -47,22 +50,6 @@ class Slowed:
         finally:
             self.active -= 1
             self.spans.append((f"{tag}={value}", start, asyncio.get_running_loop().time()))
-
-
-@pytest.fixture
-async def rig(tmp_path: Path, modbus: ModbusServer) -> AsyncIterator[Rig]:
-    r = Rig(
-        tmp_path / "instructions",
-        [ModbusTcpAdapter(modbus_service(modbus.port), NoSink())],
-        FakeUplink(),
-    )
-    r.engine.open()
-    task = asyncio.create_task(r.engine.run())
-    yield r
-    task.cancel()
-    await r.engine.close()
-    for a in r.engine.mapping.rules.get("press-1", []):
-        await a[0].close_writes()
 
 
 async def test_a_console_write_waits_for_the_instruction_on_the_same_adapter(
