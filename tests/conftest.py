@@ -10,6 +10,9 @@ import pytest
 
 from helpers import Gateway, Mosquitto, PlatformSim
 
+# console_helpers holds asserts and fixtures; rewrite it before a test module imports it
+pytest.register_assert_rewrite("console_helpers")
+
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[PlatformSim]:
